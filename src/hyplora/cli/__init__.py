@@ -1,0 +1,43 @@
+"""`hyplora <verb>`: one small module per verb, each with `add_arguments(parser)` and `run(args) -> int`."""
+
+import argparse
+import importlib
+import sys
+
+from hyplora.errors import InputError
+
+VERBS = {
+    "train": ("hyplora.cli.train", "fine-tune a model with HypLoRA, LoRA or DoRA"),
+    "eval": ("hyplora.cli.eval", "evaluate a model (and adapter) on the reasoning benchmarks"),
+    "analyze": ("hyplora.cli.analyze", "token-embedding geometry: power law, norms, delta-hyperbolicity"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hyplora", description="Hyperbolic low-rank fine-tuning of LLMs.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{" + ",".join(VERBS) + "}")
+    for name, (module_name, help_text) in VERBS.items():
+        module = importlib.import_module(module_name)
+        sub = verbs.add_parser(
+            name,
+            help=help_text,
+            description=module.__doc__,
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except InputError as err:
+        print(f"hyplora {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from hyplora.cli import main
+
+sys.exit(main())

@@ -1,0 +1,77 @@
+"""`HypLoraConfig`: a `peft.LoraConfig` whose adapters run on the Lorentz manifold."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft import LoraConfig
+from torch import nn
+
+INPUT_SCALINGS = ("none", "unit", "rms")
+SUPPORTED_INITS = (True, False, "gaussian")
+
+
+@dataclass
+class HypLoraConfig(LoraConfig):
+    """LoRA config for HypLoRA adapters; every `LoraConfig` field keeps its meaning.
+
+    The saved `adapter_config.json` still says `peft_type: "LORA"`, with `use_hyplora: true`: load it
+    with `hyplora.load_adapter`, or pass `config=HypLoraConfig.from_pretrained(path)` to PEFT.
+    """
+
+    use_hyplora: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the adapter on the Lorentz manifold (HypLoRA). False gives plain LoRA/DoRA.",
+            "is_lora_variant": True,
+        },
+    )
+    curvature: float = field(
+        default=1.0,
+        metadata={"help": "K > 0 of the hyperboloid <x,x>_L = -K (sectional curvature -1/K); the initial value if learned."},
+    )
+    learn_curvature: bool = field(
+        default=False,
+        metadata={"help": "Train K per adapted layer, kept positive as K = softplus(k); saved with the adapter."},
+    )
+    input_scaling: Literal["none", "unit", "rms"] = field(
+        default="rms",
+        metadata={
+            "help": (
+                "How the layer input x becomes the tangent vector u before the exponential map. 'none': u = x (the "
+                "paper's literal form; LLM hidden states saturate the map). 'unit': u = x/|x| * min(e^s, 10) (the "
+                "first release). 'rms': u = x / (e^s * sqrt(in_features)), i.e. |u| = rms(x)/e^s. s is learned, "
+                "initialised to 0. Default 'rms' (see benchmarks/README.md for the measurement)."
+            )
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()  # resets _custom_modules: register ours afterwards
+        if not self.use_hyplora:
+            return
+        if not self.curvature > 0:
+            raise ValueError(f"`curvature` must be > 0, got {self.curvature}")
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ValueError(f"`input_scaling` must be one of {INPUT_SCALINGS}, got {self.input_scaling!r}")
+        if self.init_lora_weights not in SUPPORTED_INITS:
+            raise ValueError(
+                f"`init_lora_weights={self.init_lora_weights!r}` is not supported by HypLoRA: data-driven inits "
+                "(pissa, olora, loftq, eva, corda, ...) derive a Euclidean B@A from the base weight, which HypLoRA's "
+                f"(in+1)- and (r+1)-dimensional maps cannot use. Use one of {SUPPORTED_INITS}."
+            )
+        for flag in ("use_dora", "lora_bias", "use_qalora", "use_bdlora", "fan_in_fan_out"):
+            if getattr(self, flag, False):
+                raise ValueError(f"`{flag}=True` cannot be combined with HypLoRA (`use_hyplora=True`).")
+        if self.target_parameters:
+            raise ValueError("`target_parameters` is not supported by HypLoRA: target nn.Linear modules instead.")
+        from hyplora.layer import dispatch_hyplora  # both modules import this one
+        from hyplora.model import install_peft_guards
+
+        install_peft_guards()
+        self._register_custom_module({nn.Module: dispatch_hyplora})
+
+    @classmethod
+    def from_peft_type(cls, **kwargs):
+        """Build this class from a saved config (PEFT would map `peft_type: LORA` to a plain `LoraConfig`)."""
+        kwargs.pop("peft_type", None)
+        return super().from_peft_type(**kwargs)

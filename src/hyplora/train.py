@@ -1,0 +1,476 @@
+"""Fine-tuning recipe: HypLoRA, LoRA or DoRA on an Alpaca-schema instruction set, on transformers' Trainer.
+
+The defaults are the HypLoRA paper's recipe (LLM-Adapters' `finetune.py` as the v2 scripts call
+it): r=32, alpha=64, batch 16 from micro-batches of 4, 3 epochs, lr 3e-4 (linear decay, 100
+warm-up steps), cutoff 256 tokens, dropout 0.05, targets q,k,v,up,down, AdamW, 120 held-out
+validation examples. One deliberate change: every method gets the same `alpha` unless the caller
+sets another (the reference scripts gave HypLoRA and LoRA different alphas, a confound).
+
+The recipe is a few small parts, in the torchtune manner::
+
+    recipe = FineTuneRecipe(args)   # checks every option first, fails fast with InputError
+    recipe.setup()                  # model + adapter, tokenized data, Trainer
+    recipe.train()                  # with `resume=True`: from the last complete checkpoint
+    recipe.save()                   # adapter (safetensors), train_args.json, loss_log.jsonl, loss.png
+
+`train(args)` runs the four. The same code runs on one process and under `torchrun` or
+`accelerate launch` (DDP; FSDP2 through accelerate's config): Trainer reads the launcher's
+environment, and the global batch stays `batch_size` = micro-batch x processes x accumulation.
+
+Output folder (`output_dir`)::
+
+    adapter_config.json, adapter_model.safetensors   the adapter (`hyplora.load_adapter` reads it)
+    train_args.json                                  options, derived run facts, final losses
+    loss_log.jsonl, loss.png                         Trainer's log history, one record per line
+    checkpoint-<step>/                               periodic Trainer checkpoints (resume)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hyplora.errors import InputError
+
+METHODS = ("hyplora", "lora", "dora")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+CHECKPOINT_PREFIX = "checkpoint-"
+ARGS_FILE, LOSS_LOG_FILE, LOSS_PLOT_FILE = "train_args.json", "loss_log.jsonl", "loss.png"
+# Options that fix the adapter's shape or the data a resumed run sees: they must match the checkpoint.
+_RESUME_FIXED = ("model", "method", "rank", "target_modules", "data", "val_size", "limit", "seed", "template")
+
+
+@dataclass
+class TrainArgs:
+    """Options of one fine-tuning run; the defaults are the paper's recipe.
+
+    `curvature`, `learn_curvature` and `input_scaling` apply to `method="hyplora"` only; `None`
+    means `HypLoraConfig`'s default. `max_steps > 0` overrides `epochs`. `limit` caps the number
+    of training examples (taken after the validation carve-out). `batch_size` is the global batch:
+    `micro_batch_size x processes x gradient-accumulation steps`.
+    """
+
+    model: str = "smollm2-135m"
+    data: str = "math"
+    method: str = "hyplora"
+    output_dir: str = "runs/hyplora"
+    rank: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    curvature: float | None = None
+    learn_curvature: bool | None = None
+    input_scaling: str | None = None
+    epochs: float = 3.0
+    max_steps: int = 0
+    lr: float = 3e-4
+    batch_size: int = 16
+    micro_batch_size: int = 4
+    cutoff_len: int = 256
+    warmup_steps: int = 100
+    val_size: int = 120
+    seed: int = 42
+    limit: int | None = None
+    train_on_inputs: bool = True
+    template: str = "alpaca"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 200
+    eval_steps: int | None = None
+    save_total_limit: int | None = 3
+    resume: bool = False
+    hyplora_options: dict = field(init=False, default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, str):
+            self.target_modules = tuple(name.strip() for name in self.target_modules.split(",") if name.strip())
+        self.target_modules = tuple(self.target_modules)
+        options = {"curvature": self.curvature, "learn_curvature": self.learn_curvature, "input_scaling": self.input_scaling}
+        self.hyplora_options = {key: value for key, value in options.items() if value is not None}
+
+    def to_json(self) -> dict:
+        """The options as plain JSON values (what `train_args.json` stores under `"args"`)."""
+        values = dataclasses.asdict(self)
+        values.pop("hyplora_options")
+        values["target_modules"] = list(self.target_modules)
+        return values
+
+
+def world_size() -> int:
+    """Number of training processes the launcher (torchrun / accelerate) started; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The highest-step complete `checkpoint-<step>` folder in `output_dir`, or None.
+
+    Trainer writes `trainer_state.json` last, so a folder without it was cut off mid-write (a
+    killed job) and is skipped.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    complete = [
+        path
+        for path in folder.glob(f"{CHECKPOINT_PREFIX}*")
+        if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), default=None)
+
+
+def adapter_config(args: TrainArgs):
+    """The PEFT config for `args.method`: `HypLoraConfig` for hyplora, `LoraConfig` (use_dora for dora)."""
+    from peft import LoraConfig
+
+    common = dict(
+        r=args.rank,
+        lora_alpha=args.alpha,
+        lora_dropout=args.dropout,
+        target_modules=list(args.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    if args.method == "hyplora":
+        from hyplora import HypLoraConfig
+
+        return HypLoraConfig(**common, **args.hyplora_options)
+    return LoraConfig(**common, use_dora=args.method == "dora")
+
+
+def plot_loss(log_history: list[dict], path: str | os.PathLike) -> None:
+    """Training loss (per logging step) and validation loss against the optimizer step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    val = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for points, label, style in ((train, "train", "-"), (val, "validation", "o-")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_json(path: Path, value) -> None:
+    """Write atomically: a reader (or a killed job) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _loss_log_callback(path: Path):
+    """A TrainerCallback mirroring `state.log_history` into a JSONL file on the main process.
+
+    It rewrites the file at train begin (after a resume that is exactly the checkpoint's history,
+    dropping records a killed run wrote past its last checkpoint) and appends one line per log.
+    """
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(json.dumps(entry) + "\n" for entry in state.log_history))
+                os.replace(tmp, path)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                with path.open("a") as log_file:
+                    log_file.write(json.dumps(state.log_history[-1]) + "\n")
+
+    return LossLog()
+
+
+class FineTuneRecipe:
+    """Fine-tune one model with one adapter method; see the module docstring for the parts.
+
+    Raises:
+        InputError: an unknown method, template or precision; hyplora-only options with another
+            method; a batch size that does not split into micro-batches x processes; a non-empty
+            output folder without `resume`, or `resume` with no complete checkpoint to resume;
+            a resumed run whose adapter-defining options differ from the checkpoint's.
+    """
+
+    def __init__(self, args: TrainArgs):
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+        self.world_size = world_size()
+        self._check_options()
+        self.checkpoint = self._find_checkpoint()
+        self.model = self.tokenizer = self.trainer = None
+        self.train_dataset = self.val_dataset = None
+        self.data_report: dict = {}
+
+    # -- fail fast ---------------------------------------------------------------------------------
+    def _check_options(self) -> None:
+        a = self.args
+        if a.method not in METHODS:
+            raise InputError(f"--method {a.method!r} is unknown: choose one of {', '.join(METHODS)}")
+        if a.method != "hyplora" and a.hyplora_options:
+            names = ", ".join("--" + name.replace("_", "-") for name in a.hyplora_options)
+            raise InputError(f"{names} apply to --method hyplora only, not {a.method}")
+        if a.precision not in PRECISIONS:
+            raise InputError(f"--precision {a.precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
+        if a.rank < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1:
+            raise InputError(f"need --rank >= 1, --alpha > 0 and 0 <= --dropout < 1 (got {a.rank}, {a.alpha}, {a.dropout})")
+        if not a.target_modules:
+            raise InputError("--target-modules is empty: name at least one linear layer, e.g. q_proj,v_proj")
+        if a.max_steps <= 0 and a.epochs <= 0:
+            raise InputError("set --epochs > 0 or --max-steps > 0")
+        if a.val_size < 0 or (a.limit is not None and a.limit < 1):
+            raise InputError(f"--val-size must be >= 0 and --limit >= 1 (got {a.val_size}, {a.limit})")
+        per_step = a.micro_batch_size * self.world_size
+        if a.micro_batch_size < 1 or a.batch_size < per_step or a.batch_size % per_step:
+            raise InputError(
+                f"--batch-size {a.batch_size} must be a multiple of --micro-batch-size {a.micro_batch_size}"
+                f" x {self.world_size} process(es)"
+            )
+
+    def _find_checkpoint(self) -> Path | None:
+        checkpoint = last_checkpoint(self.output_dir)
+        if self.args.resume:
+            if checkpoint is None:
+                raise InputError(f"--resume: no complete checkpoint-<step> folder in {self.output_dir}")
+            self._check_resume_args()
+            return checkpoint
+        if checkpoint is not None or (self.output_dir / "adapter_model.safetensors").exists():
+            raise InputError(f"{self.output_dir} already holds a run: pass --resume to continue it, or another --output-dir")
+        return None
+
+    def _check_resume_args(self) -> None:
+        saved_path = self.output_dir / ARGS_FILE
+        if not saved_path.is_file():
+            return
+        saved = json.loads(saved_path.read_text())["args"]
+        current = self.args.to_json()
+        for name, value in current.items():
+            if name in ("resume", "output_dir") or saved.get(name, value) == value:
+                continue
+            if name in _RESUME_FIXED:
+                raise InputError(f"--resume: --{name.replace('_', '-')} is {value!r} but the checkpoint used {saved[name]!r}")
+            warnings.warn(f"--resume: --{name.replace('_', '-')} changed from {saved[name]!r} to {value!r}; the new value is used")
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.args.batch_size // (self.args.micro_batch_size * self.world_size)
+
+    # -- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from transformers import set_seed
+
+        set_seed(self.args.seed)  # the adapter's initial weights
+        self._setup_model()
+        self._setup_data()
+        self._setup_trainer()
+
+    def _precision(self) -> str:
+        import torch
+
+        if self.args.precision != "auto":
+            return self.args.precision
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+    def _setup_model(self) -> None:
+        import torch
+        from peft import get_peft_model
+
+        from hyplora.models import load_model
+
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self._precision()]
+        model, self.tokenizer = load_model(self.args.model, dtype=dtype)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model.config.use_cache = False
+        missing = [name for name in self.args.target_modules if not any(n.split(".")[-1] == name for n, _ in model.named_modules())]
+        if missing:
+            raise InputError(f"--target-modules {','.join(missing)} not found in {self.args.model}")
+        self.model = get_peft_model(model, adapter_config(self.args))
+        if self.args.method == "hyplora":
+            from hyplora import check_hyplora_layers
+
+            check_hyplora_layers(self.model)
+
+    def _setup_data(self) -> None:
+        from tqdm.auto import tqdm
+
+        from hyplora.data import load_train_set, split_validation, tokenize_example
+
+        a = self.args
+        train_set = load_train_set(a.data)
+        train_records, val_records = split_validation(train_set.records, a.val_size, seed=a.seed)
+        if a.limit is not None:
+            train_records = train_records[: a.limit]
+        if not train_records:
+            raise InputError(f"--data {a.data}: no training examples left after the validation carve-out")
+
+        def tokenize(records, desc):
+            return [
+                tokenize_example(self.tokenizer, record, a.cutoff_len, a.train_on_inputs, a.template)
+                for record in tqdm(records, desc=desc, disable=not is_main_process() or len(records) < 1000)
+            ]
+
+        self.train_dataset = tokenize(train_records, "tokenize train")
+        self.val_dataset = tokenize(val_records, "tokenize validation")
+        truncated = sum(len(example["input_ids"]) >= a.cutoff_len for example in self.train_dataset)
+        self.data_report = {
+            "train_examples": len(self.train_dataset),
+            "val_examples": len(self.val_dataset),
+            "dropped_test_overlap": len(train_set.dropped),
+            "truncated_at_cutoff": truncated,
+            "train_tokens": sum(len(example["input_ids"]) for example in self.train_dataset),
+        }
+
+    def _training_arguments(self):
+        import torch
+        from transformers import TrainingArguments
+
+        a, precision = self.args, self._precision()
+        has_val = bool(self.val_dataset)
+        return TrainingArguments(
+            output_dir=str(self.output_dir),
+            per_device_train_batch_size=a.micro_batch_size,
+            per_device_eval_batch_size=a.micro_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            num_train_epochs=a.epochs,
+            max_steps=a.max_steps if a.max_steps > 0 else -1,
+            learning_rate=a.lr,
+            lr_scheduler_type="linear",
+            warmup_steps=a.warmup_steps,
+            optim="adamw_torch",
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            gradient_checkpointing=a.gradient_checkpointing,
+            # reentrant checkpointing under DDP fails with "marked ready twice" (huggingface/peft#313)
+            gradient_checkpointing_kwargs={"use_reentrant": False} if a.gradient_checkpointing else None,
+            ddp_find_unused_parameters=False,
+            logging_steps=a.logging_steps,
+            save_strategy="steps",
+            save_steps=a.save_steps,
+            save_total_limit=a.save_total_limit,
+            eval_strategy="steps" if has_val else "no",
+            eval_steps=(a.eval_steps or a.save_steps) if has_val else None,
+            seed=a.seed,
+            data_seed=a.seed,
+            report_to="none",
+            dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            # accelerate starts a gloo process group for a CPU-only launch only when told to use the CPU
+            use_cpu=self.world_size > 1 and not torch.cuda.is_available(),
+        )
+
+    def _setup_trainer(self) -> None:
+        from transformers import DataCollatorForSeq2Seq, Trainer
+
+        collator = DataCollatorForSeq2Seq(self.tokenizer, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+        self.trainer = Trainer(
+            model=self.model,
+            args=self._training_arguments(),
+            train_dataset=self.train_dataset,
+            eval_dataset=self.val_dataset or None,
+            data_collator=collator,
+            callbacks=[_loss_log_callback(self.output_dir / LOSS_LOG_FILE)],
+        )
+
+    # -- run ---------------------------------------------------------------------------------------
+    def _run_facts(self) -> dict:
+        import torch
+        import transformers
+
+        import peft
+
+        trainable, total = self.model.get_nb_trainable_parameters()
+        return {
+            "world_size": self.world_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "precision": self._precision(),
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_percent": round(100 * trainable / total, 4),
+            "resumed_from": str(self.checkpoint) if self.checkpoint else None,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+            **self.data_report,
+        }
+
+    def train(self) -> dict:
+        """Run Trainer (from `self.checkpoint` when resuming) and a final validation pass.
+
+        Returns:
+            `dict` with `train_loss` (mean over this call's steps), `val_loss` (None without a
+            validation set), `steps` and `runtime_s`.
+        """
+        if self.trainer is None:
+            raise RuntimeError("call setup() before train()")
+        if is_main_process():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            facts = self._run_facts()
+            _write_json(self.output_dir / ARGS_FILE, {"args": self.args.to_json(), "run": facts})
+            print(
+                f"hyplora train: {self.args.method} r={self.args.rank} alpha={self.args.alpha:g} on {self.args.model}:"
+                f" {facts['trainable_params']:,} trainable params ({facts['trainable_percent']:.3f}%),"
+                f" {facts['train_examples']} train / {facts['val_examples']} validation examples,"
+                f" {self.world_size} process(es) x {self.args.micro_batch_size} x {self.gradient_accumulation_steps} accumulation"
+                + (f", resuming from {self.checkpoint.name}" if self.checkpoint else ""),
+                flush=True,
+            )
+        start = time.perf_counter()
+        output = self.trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        val_loss = self.trainer.evaluate()["eval_loss"] if self.val_dataset else None
+        return {
+            "train_loss": output.training_loss,
+            "val_loss": val_loss,
+            "steps": output.global_step,
+            "runtime_s": round(time.perf_counter() - start, 1),
+        }
+
+    def save(self, result: dict) -> Path:
+        """Save the adapter (safetensors), check it is complete, and write the run record and plot."""
+        self.trainer.save_model(str(self.output_dir))
+        if self.trainer.is_world_process_zero():
+            self._check_saved_adapter()
+            record = json.loads((self.output_dir / ARGS_FILE).read_text())
+            _write_json(self.output_dir / ARGS_FILE, {**record, "result": result})
+            plot_loss(self.trainer.state.log_history, self.output_dir / LOSS_PLOT_FILE)
+        return self.output_dir
+
+    def _check_saved_adapter(self) -> None:
+        """Guard against empty or sharded saves (seen with FSDP1 wrap policies, see peft-integration notes)."""
+        from safetensors import safe_open
+
+        trainable = [param for param in self.model.parameters() if param.requires_grad]
+        with safe_open(self.output_dir / "adapter_model.safetensors", framework="pt") as saved:
+            saved_numel = sum(math.prod(saved.get_slice(key).get_shape()) for key in saved.keys())
+            saved_count = len(list(saved.keys()))
+        expected_numel = sum(param.numel() for param in trainable)
+        if saved_count != len(trainable) or saved_numel != expected_numel:
+            raise RuntimeError(
+                f"saved adapter in {self.output_dir} is incomplete: {saved_count} tensors / {saved_numel} values,"
+                f" expected {len(trainable)} / {expected_numel}"
+            )
+
+
+def train(args: TrainArgs) -> Path:
+    """Fine-tune `args.model` with `args.method` on `args.data`; return the adapter folder."""
+    recipe = FineTuneRecipe(args)
+    recipe.setup()
+    result = recipe.train()
+    return recipe.save(result)
