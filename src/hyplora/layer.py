@@ -90,7 +90,7 @@ class _ProjectA(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = grad_xa @ weight_space
             if grad_norm is not None:  # d|x|/dx = x/|x|, and 0 at x = 0
-                grad_x.addcmul_(x, (grad_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny)).unsqueeze(-1))
+                grad_x.addcmul_(x, torch.where(norm > 0, grad_norm / norm, 0.0).unsqueeze(-1))
         if ctx.needs_input_grad[1]:
             grad_w = grad_xa.T @ x
         return grad_x, grad_w

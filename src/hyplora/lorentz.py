@@ -114,10 +114,8 @@ def expmap0_scalars(norm: torch.Tensor, sqrt_k: torch.Tensor) -> tuple[torch.Ten
     :math:`\bar n = \min(n, \sqrt K\,\mathrm{MAX\_TANGENT\_NORM})`; the factor is 1 at ``n = 0``.
     """
     limit = sqrt_k * MAX_TANGENT_NORM
-    clipped = torch.minimum(norm, limit)
-    ratio = torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
-    theta = clipped / sqrt_k
-    return sqrt_k * torch.cosh(theta), sinhc(theta) * ratio
+    theta = torch.minimum(norm, limit) / sqrt_k
+    return sqrt_k * torch.cosh(theta), sinhc(theta) * (limit / torch.maximum(norm, limit))
 
 
 def logmap0(x: torch.Tensor, *, k) -> torch.Tensor:

@@ -1,0 +1,212 @@
+"""Speed and memory of the HypLoRA branch against PEFT LoRA, same shapes, same run.
+
+Two measurements, each the median of repeats after warm-up, methods interleaved within each repeat:
+
+1. branch: forward + backward of the adapter branch alone (``result + delta(x)``, grads for x and the adapter
+   weights) at tokens x in -> out, rank r;
+2. step: a whole training step (forward, backward, AdamW) of a SmolLM2-135M-shaped Llama with random weights,
+   adapters on q,k,v,up,down.
+
+Methods: ``lora`` (PEFT LoRA), ``hyplora`` (this library), ``literal`` (the concatenation form written out with
+`hyplora.lorentz`). Memory: bytes of tensors saved for backward (exact), and for the step also the peak RSS of
+a fresh process per method.
+
+    python benchmarks/bench_adapter.py                      # the figures in benchmarks/README.md
+    python benchmarks/bench_adapter.py --device cuda --dtype bfloat16 --dim 4096
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hyplora.layer import hyplora_forward, hyplora_forward_literal
+
+METHODS = ("lora", "hyplora", "literal")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd saves while running ``fn``."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def branch_fns(args, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    d_in, d_out, r, t = args.dim, args.dim, args.rank, args.tokens
+    x = torch.randn(t, d_in, generator=g).mul(2.0).to(device, dtype).requires_grad_()
+    result = torch.randn(t, d_out, generator=g).to(device, dtype).requires_grad_()
+    a = (torch.randn(r, d_in + 1, generator=g) / d_in**0.5).to(device).requires_grad_()
+    b = (torch.randn(d_out, r + 1, generator=g) * 0.01).to(device).requires_grad_()
+    sqrt_k = torch.tensor(1.0, device=device)
+    scale = torch.zeros(1, device=device, requires_grad=True)
+    scaling = 2.0
+    grad = torch.randn(t, d_out, generator=g).to(device, dtype)
+    a_lora, b_lora = a[:, 1:].detach().clone().requires_grad_(), b[:, 1:].detach().clone().requires_grad_()
+
+    def lora():  # PEFT's lora.Linear branch with the adapter in float32 (autocast_adapter_dtype)
+        xx = x.to(a_lora.dtype)
+        return result + (F.linear(F.linear(xx, a_lora), b_lora) * scaling).to(result.dtype)
+
+    def hyp(fn):
+        return lambda: fn(result, x, a, b, sqrt_k=sqrt_k, scaling=scaling, input_scaling="rms", log_scale=scale)
+
+    fns = {"lora": lora, "hyplora": hyp(hyplora_forward), "literal": hyp(hyplora_forward_literal)}
+    return fns, grad
+
+
+def step_model(method: str, args, device, dtype):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hyplora import HypLoraConfig
+    from hyplora.layer import HypLoraLinearVariant
+
+    torch.manual_seed(0)
+    config = LlamaConfig(  # SmolLM2-135M
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).to(device, dtype)
+    common = dict(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.05,
+                  target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"])
+    cfg = LoraConfig(**common) if method == "lora" else HypLoraConfig(input_scaling="rms", **common)
+    model = get_peft_model(model, cfg)
+    if method == "literal":
+        def literal(module, active_adapter, x, result, **kwargs):
+            return hyplora_forward_literal(
+                result, module.lora_dropout[active_adapter](x), module.lora_A[active_adapter].weight,
+                module.lora_B[active_adapter].weight, sqrt_k=module.curvature(active_adapter).sqrt(),
+                scaling=module.scaling[active_adapter], input_scaling="rms",
+                log_scale=module.lora_input_scale[active_adapter].weight)
+        HypLoraLinearVariant.forward = staticmethod(literal)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
+    ids = ids.to(device)
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return model, ids, step
+
+
+def time_interleaved(fns: dict, repeats: int, warmup: int, device) -> dict:
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def run_branch(args, device, dtype):
+    fns, grad = branch_fns(args, device, dtype)
+    timed = {name: (lambda fn=fn: fn().backward(grad)) for name, fn in fns.items()}
+    medians = time_interleaved(timed, args.repeats, args.warmup, device)
+    memory = {name: saved_bytes(fn) for name, fn in fns.items()}
+    return medians, memory
+
+
+def run_step_child(args):
+    """One method's whole training step in this (fresh) process; prints a JSON line."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    model, ids, step = step_model(args.child, args, device, dtype)
+    step()
+    activations = saved_bytes(lambda: model(input_ids=ids, labels=ids).loss)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step()
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"method": args.child, "activations": activations, "peak": peak}))
+
+
+def run_step(args, device, dtype):
+    fns = {m: step_model(m, args, device, dtype)[2] for m in ("lora", "hyplora")}
+    # the literal form patches the variant class: build it last, in its own interleaved slot
+    fns["literal"] = step_model("literal", args, device, dtype)[2]
+    medians = time_interleaved(fns, args.step_repeats, 1, device)
+    memory = {}
+    for method in METHODS:
+        cmd = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        memory[method] = json.loads(out)
+    return medians, memory
+
+
+def table(title, medians, memory_cols):
+    print(f"\n{title}")
+    header = f"| method | median ms | x LoRA | " + " | ".join(f"{c} | x LoRA" for c in memory_cols) + " |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for m in METHODS:
+        cells = [f"{medians[m] * 1e3:.1f}", f"{medians[m] / medians['lora']:.2f}"]
+        for col, values in memory_cols.items():
+            cells += [f"{values[m] / 2**20:.1f} MiB", f"{values[m] / values['lora']:.3f}"]
+        print(f"| {m} | " + " | ".join(cells) + " |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--step-repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--skip-step", action="store_true")
+    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        return run_step_child(args)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; dtype {args.dtype}; torch {torch.__version__}")
+    medians, memory = run_branch(args, device, dtype)
+    table(f"branch fwd+bwd: tokens={args.tokens}, in=out={args.dim}, r={args.rank} (median of {args.repeats})",
+          medians, {"saved for backward": memory})
+    if not args.skip_step:
+        medians, memory = run_step(args, device, dtype)
+        table(f"training step: SmolLM2-135M shape, {args.batch}x{args.seq} tokens, r={args.rank} on q,k,v,up,down "
+              f"(median of {args.step_repeats})", medians,
+              {"activations": {m: v["activations"] for m, v in memory.items()},
+               "peak": {m: v["peak"] for m, v in memory.items()}})
+
+
+if __name__ == "__main__":
+    main()
