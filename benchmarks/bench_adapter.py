@@ -8,8 +8,8 @@ Two measurements, each the median of repeats after warm-up, methods interleaved 
    adapters on q,k,v,up,down.
 
 Methods: ``lora`` (PEFT LoRA), ``hyplora`` (this library), ``literal`` (the concatenation form written out with
-`hyplora.lorentz`). Memory: bytes of tensors saved for backward (exact), and for the step also the peak RSS of
-a fresh process per method.
+`hyplora.lorentz`). Memory: bytes of tensors saved for backward (exact), and for the step also the peak RSS
+during one step (after warm-up) of a fresh process per method (peak allocated CUDA memory on a GPU).
 
     python benchmarks/bench_adapter.py                      # the figures in benchmarks/README.md
     python benchmarks/bench_adapter.py --device cuda --dtype bfloat16 --dim 4096
@@ -71,6 +71,7 @@ def branch_fns(args, device, dtype):
         return lambda: fn(result, x, a, b, sqrt_k=sqrt_k, scaling=scaling, input_scaling="rms", log_scale=scale)
 
     fns = {"lora": lora, "hyplora": hyp(hyplora_forward), "literal": hyp(hyplora_forward_literal)}
+    fns["leaves"] = (x, result, a, b, scale, a_lora, b_lora)
     return fns, grad
 
 
@@ -130,10 +131,24 @@ def time_interleaved(fns: dict, repeats: int, warmup: int, device) -> dict:
 
 def run_branch(args, device, dtype):
     fns, grad = branch_fns(args, device, dtype)
-    timed = {name: (lambda fn=fn: fn().backward(grad)) for name, fn in fns.items()}
+    leaves = [t for t in fns.pop("leaves") if t.requires_grad]
+
+    def fwd_bwd(fn):
+        for t in leaves:  # a fresh gradient each time, as inside a network (no accumulation pass)
+            t.grad = None
+        fn().backward(grad)
+
+    timed = {name: (lambda fn=fn: fwd_bwd(fn)) for name, fn in fns.items()}
     medians = time_interleaved(timed, args.repeats, args.warmup, device)
     memory = {name: saved_bytes(fn) for name, fn in fns.items()}
     return medians, memory
+
+
+def peak_rss() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_step_child(args):
@@ -144,8 +159,11 @@ def run_step_child(args):
     activations = saved_bytes(lambda: model(input_ids=ids, labels=ids).loss)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    else:  # Linux: writing 5 resets the peak resident set size (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
     step()
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
     print(json.dumps({"method": args.child, "activations": activations, "peak": peak}))
 
 

@@ -97,39 +97,47 @@ class _ProjectA(torch.autograd.Function):
 
 
 class _ProjectBLogmap(torch.autograd.Function):
-    r"""``result + scaling * arsinhc(|y|/a) * y`` with ``y = z B^T`` and ``a = sqrt(K)``.
+    r"""``result + scaling * arsinhc(|y|/a) * y`` with ``y = z B^T`` and ``a = sqrt(K)``, never forming ``y``.
 
-    With :math:`\phi = s\,\operatorname{arsinhc}(w)`, :math:`w = |y|/a` and :math:`G = g B`, the gradients use only
-    ``z`` (``(T, r+1)``) and ``(r+1)``-sized products: :math:`y\cdot g = \sum z \odot G`,
-    :math:`\kappa = s\,\psi(w)(y\cdot g)/a^2`, :math:`\partial z = \phi G + \kappa\, z B^\top B`,
+    Row-wise :math:`\phi\,y = (\phi z) B^\top`, and :math:`|y|^2 = z\,(B^\top B)\,z^\top` from the
+    ``(r+1)``-square Gram matrix, so the forward is one GEMM accumulating into ``result`` (in place when
+    ``result`` is float32). :math:`\phi = s\,\operatorname{arsinhc}(w)` is flat at 0, so the Gram form's
+    rounding for small ``|y|`` does not matter. With :math:`G = g B`, :math:`y\cdot g = \sum z \odot G` and
+    :math:`\kappa = s\,\psi(w)(y\cdot g)/a^2`: :math:`\partial z = \phi G + \kappa\, z B^\top B`,
     :math:`\partial B = g^\top(\phi z) + B\, z^\top(\kappa z)`, :math:`\partial a = -\sum s\, w^2\psi(w)(y\cdot g)/a`.
     """
 
     @staticmethod
     def forward(ctx, result, z, weight, sqrt_k, scaling):
-        y = F.linear(z, weight)
-        w = torch.linalg.vector_norm(y, dim=-1) / sqrt_k
+        z_gram = z @ (weight.T @ weight)
+        w = (z_gram * z).sum(-1).clamp_min(0.0).sqrt() / sqrt_k
         phi = scaling * lorentz.arsinhc(w)
-        ctx.save_for_backward(z, weight, sqrt_k, w, phi)
-        ctx.scaling, ctx.result_dtype = scaling, result.dtype
-        return torch.addcmul(result.to(y.dtype), y, phi.unsqueeze(-1)).to(result.dtype)
+        ctx.save_for_backward(z, weight, sqrt_k, w, phi)  # z B^T B is recomputed: (r+1)^2 per token
+        ctx.scaling = scaling
+        rows = (-1, result.shape[-1])
+        inplace = result.dtype == z.dtype and result.is_contiguous() and result._base is None
+        if inplace and not (result.is_leaf and result.requires_grad):
+            ctx.mark_dirty(result)  # the frozen layer's output is not needed by its own backward
+            result.view(rows).addmm_(phi.unsqueeze(-1) * z, weight.T)
+            return result
+        out = torch.addmm(result.reshape(rows).to(z.dtype), phi.unsqueeze(-1) * z, weight.T)
+        return out.to(result.dtype).view(result.shape)
 
     @staticmethod
     def backward(ctx, grad_out):
         z, weight, sqrt_k, w, phi = ctx.saved_tensors
-        g = grad_out.to(z.dtype)
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(z.dtype)
         g_b = g @ weight  # (T, r+1)
-        y_dot_g = (z * g_b).sum(-1)
-        psi_yg = ctx.scaling * arsinhc_slope(w) * y_dot_g
-        kappa = psi_yg / (sqrt_k * sqrt_k)
+        psi_yg = ctx.scaling * arsinhc_slope(w) * (z * g_b).sum(-1)
+        kappa = (psi_yg / (sqrt_k * sqrt_k)).unsqueeze(-1)
         grad_z = grad_w = grad_sqrt_k = None
         if ctx.needs_input_grad[1]:
-            grad_z = torch.addcmul(phi.unsqueeze(-1) * g_b, kappa.unsqueeze(-1), z @ (weight.T @ weight))
+            grad_z = torch.addcmul(kappa * (z @ (weight.T @ weight)), phi.unsqueeze(-1), g_b)
         if ctx.needs_input_grad[2]:
-            grad_w = (g.T @ (phi.unsqueeze(-1) * z)).addmm_(weight, z.T @ (kappa.unsqueeze(-1) * z))
+            grad_w = torch.addmm(weight @ (z.T @ (kappa * z)), g.T, phi.unsqueeze(-1) * z)
         if ctx.needs_input_grad[3]:
             grad_sqrt_k = -(w * w * psi_yg).sum() / sqrt_k
-        return grad_out.to(ctx.result_dtype), grad_z, grad_w, grad_sqrt_k, None
+        return grad_out, grad_z, grad_w, grad_sqrt_k, None
 
 
 def hyplora_forward(
@@ -144,7 +152,6 @@ def hyplora_forward(
     log_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``result + delta(x)`` of the module docstring, fused; ``x`` already dropped out. Shapes ``(..., in)``."""
-    lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1]).float()
     weight_a, weight_b, sqrt_k = weight_a.float(), weight_b.float(), sqrt_k.float()
     xa, norm = _ProjectA.apply(x, weight_a[:, 1:])
@@ -152,8 +159,7 @@ def hyplora_forward(
     time, space_scale = lorentz.expmap0_scalars(c * norm, sqrt_k)
     h = torch.addcmul(time.unsqueeze(-1) * weight_a[:, 0], (space_scale * c).unsqueeze(-1), xa)
     z = torch.cat([((h * h).sum(-1, keepdim=True) + sqrt_k * sqrt_k).sqrt(), h], dim=-1)
-    out = _ProjectBLogmap.apply(result.reshape(-1, result.shape[-1]), z, weight_b, sqrt_k, scaling)
-    return out.reshape(*lead, out.shape[-1])
+    return _ProjectBLogmap.apply(result, z, weight_b, sqrt_k, scaling)
 
 
 def hyplora_forward_literal(
