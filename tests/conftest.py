@@ -11,6 +11,8 @@
 Tests that use `smollm2` or `smollm2_tokenizer` are marked `slow` automatically.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -27,7 +29,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(autouse=True, scope="session")
 def _two_threads():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # one thread per pytest-xdist worker: two workers x two threads oversubscribe two cores
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture
