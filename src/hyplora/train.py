@@ -10,8 +10,8 @@ The recipe is a few small parts, in the torchtune manner::
 
     recipe = FineTuneRecipe(args)   # checks every option first, fails fast with InputError
     recipe.setup()                  # model + adapter, tokenized data, Trainer
-    recipe.train()                  # with `resume=True`: from the last complete checkpoint
-    recipe.save()                   # adapter (safetensors), train_args.json, loss_log.jsonl, loss.png
+    result = recipe.train()         # with `resume=True`: from the last complete checkpoint
+    recipe.save(result)             # adapter (safetensors), train_args.json, loss_log.jsonl, loss.png
 
 `train(args)` runs the four. The same code runs on one process and under `torchrun` or
 `accelerate launch` (DDP; FSDP2 through accelerate's config): Trainer reads the launcher's
@@ -33,7 +33,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hyplora.errors import InputError
@@ -43,8 +43,12 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 CHECKPOINT_PREFIX = "checkpoint-"
 ARGS_FILE, LOSS_LOG_FILE, LOSS_PLOT_FILE = "train_args.json", "loss_log.jsonl", "loss.png"
-# Options that fix the adapter's shape or the data a resumed run sees: they must match the checkpoint.
-_RESUME_FIXED = ("model", "method", "rank", "target_modules", "data", "val_size", "limit", "seed", "template")
+# Options a resumed run may change (hardware, bookkeeping, length); all others define the adapter,
+# the data or its order, and must match the checkpoint's.
+_RESUME_MAY_CHANGE = (
+    "micro_batch_size", "precision", "gradient_checkpointing", "logging_steps", "save_steps", "eval_steps",
+    "save_total_limit", "epochs", "max_steps",
+)
 
 
 @dataclass
@@ -87,19 +91,29 @@ class TrainArgs:
     eval_steps: int | None = None
     save_total_limit: int | None = 3
     resume: bool = False
-    hyplora_options: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.target_modules, str):
             self.target_modules = tuple(name.strip() for name in self.target_modules.split(",") if name.strip())
         self.target_modules = tuple(self.target_modules)
+
+    @property
+    def hyplora_options(self) -> dict:
+        """The HypLoraConfig fields the caller set (the others keep HypLoraConfig's defaults)."""
         options = {"curvature": self.curvature, "learn_curvature": self.learn_curvature, "input_scaling": self.input_scaling}
-        self.hyplora_options = {key: value for key, value in options.items() if value is not None}
+        return {key: value for key, value in options.items() if value is not None}
+
+    @property
+    def peft_target_modules(self) -> list[str] | str:
+        """Module names (PEFT matches them as name suffixes), or one regular expression over full module
+        names when `target_modules` is a single pattern (e.g. to keep Gemma 3's vision tower frozen)."""
+        if len(self.target_modules) == 1 and set(self.target_modules[0]) & set("*?[]()|^$\\"):
+            return self.target_modules[0]
+        return list(self.target_modules)
 
     def to_json(self) -> dict:
         """The options as plain JSON values (what `train_args.json` stores under `"args"`)."""
         values = dataclasses.asdict(self)
-        values.pop("hyplora_options")
         values["target_modules"] = list(self.target_modules)
         return values
 
@@ -138,15 +152,18 @@ def adapter_config(args: TrainArgs):
         r=args.rank,
         lora_alpha=args.alpha,
         lora_dropout=args.dropout,
-        target_modules=list(args.target_modules),
+        target_modules=args.peft_target_modules,
         bias="none",
         task_type="CAUSAL_LM",
     )
-    if args.method == "hyplora":
-        from hyplora import HypLoraConfig
+    try:
+        if args.method == "hyplora":
+            from hyplora import HypLoraConfig
 
-        return HypLoraConfig(**common, **args.hyplora_options)
-    return LoraConfig(**common, use_dora=args.method == "dora")
+            return HypLoraConfig(**common, **args.hyplora_options)
+        return LoraConfig(**common, use_dora=args.method == "dora")
+    except ValueError as err:  # PEFT and HypLoraConfig name the bad field
+        raise InputError(f"adapter options: {str(err).splitlines()[0]}") from err
 
 
 def plot_loss(log_history: list[dict], path: str | os.PathLike) -> None:
@@ -208,7 +225,7 @@ class FineTuneRecipe:
         InputError: an unknown method, template or precision; hyplora-only options with another
             method; a batch size that does not split into micro-batches x processes; a non-empty
             output folder without `resume`, or `resume` with no complete checkpoint to resume;
-            a resumed run whose adapter-defining options differ from the checkpoint's.
+            a resumed run whose options differ from the checkpoint's beyond `_RESUME_MAY_CHANGE`.
     """
 
     def __init__(self, args: TrainArgs):
@@ -228,7 +245,7 @@ class FineTuneRecipe:
             raise InputError(f"--method {a.method!r} is unknown: choose one of {', '.join(METHODS)}")
         if a.method != "hyplora" and a.hyplora_options:
             names = ", ".join("--" + name.replace("_", "-") for name in a.hyplora_options)
-            raise InputError(f"{names} apply to --method hyplora only, not {a.method}")
+            raise InputError(f"{names}: only for --method hyplora, not {a.method}")
         if a.precision not in PRECISIONS:
             raise InputError(f"--precision {a.precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
         if a.rank < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1:
@@ -266,9 +283,10 @@ class FineTuneRecipe:
         for name, value in current.items():
             if name in ("resume", "output_dir") or saved.get(name, value) == value:
                 continue
-            if name in _RESUME_FIXED:
-                raise InputError(f"--resume: --{name.replace('_', '-')} is {value!r} but the checkpoint used {saved[name]!r}")
-            warnings.warn(f"--resume: --{name.replace('_', '-')} changed from {saved[name]!r} to {value!r}; the new value is used")
+            flag = "--" + name.replace("_", "-")
+            if name not in _RESUME_MAY_CHANGE:
+                raise InputError(f"--resume: {flag} is {value!r} but the checkpoint's run used {saved[name]!r}")
+            warnings.warn(f"--resume: {flag} changed from {saved[name]!r} to {value!r}; the new value is used")
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -301,10 +319,22 @@ class FineTuneRecipe:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         model.config.use_cache = False
-        missing = [name for name in self.args.target_modules if not any(n.split(".")[-1] == name for n, _ in model.named_modules())]
+        if self.args.gradient_checkpointing:
+            # reentrant checkpointing under DDP fails with "marked ready twice" (huggingface/peft#313)
+            # named gradient_checkpointing_enable before transformers 5.x renamed it (the old name warns)
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
+        targets = self.args.peft_target_modules
+        layer_names = {name.split(".")[-1] for name, _ in model.named_modules()}
+        missing = [name for name in targets if name not in layer_names] if isinstance(targets, list) else []
         if missing:
-            raise InputError(f"--target-modules {','.join(missing)} not found in {self.args.model}")
-        self.model = get_peft_model(model, adapter_config(self.args))
+            raise InputError(f"--target-modules {','.join(missing)}: no such layer in {self.args.model}")
+        try:
+            self.model = get_peft_model(model, adapter_config(self.args))
+        except ValueError as err:  # e.g. a --target-modules pattern that matches no layer
+            raise InputError(f"--target-modules / adapter options: {str(err).splitlines()[0]}") from err
+        # the name the user gave (a hub id or packaged name), not this machine's cache path
+        self.model.peft_config["default"].base_model_name_or_path = self.args.model
         if self.args.method == "hyplora":
             from hyplora import check_hyplora_layers
 
@@ -313,10 +343,13 @@ class FineTuneRecipe:
     def _setup_data(self) -> None:
         from tqdm.auto import tqdm
 
-        from hyplora.data import load_train_set, split_validation, tokenize_example
+        from hyplora.data import load_train_set, split_validation
+        from hyplora.prompts import tokenize_example
 
         a = self.args
-        train_set = load_train_set(a.data)
+        train_set = load_train_set(a.data, seed=a.seed)
+        if is_main_process():
+            print(train_set.summary(), flush=True)
         train_records, val_records = split_validation(train_set.records, a.val_size, seed=a.seed)
         if a.limit is not None:
             train_records = train_records[: a.limit]
@@ -335,7 +368,7 @@ class FineTuneRecipe:
         self.data_report = {
             "train_examples": len(self.train_dataset),
             "val_examples": len(self.val_dataset),
-            "dropped_test_overlap": len(train_set.dropped),
+            "dropped_test_overlap": train_set.dropped,
             "truncated_at_cutoff": truncated,
             "train_tokens": sum(len(example["input_ids"]) for example in self.train_dataset),
         }
@@ -359,9 +392,6 @@ class FineTuneRecipe:
             optim="adamw_torch",
             bf16=precision == "bf16",
             fp16=precision == "fp16",
-            gradient_checkpointing=a.gradient_checkpointing,
-            # reentrant checkpointing under DDP fails with "marked ready twice" (huggingface/peft#313)
-            gradient_checkpointing_kwargs={"use_reentrant": False} if a.gradient_checkpointing else None,
             ddp_find_unused_parameters=False,
             logging_steps=a.logging_steps,
             save_strategy="steps",
@@ -393,10 +423,9 @@ class FineTuneRecipe:
 
     # -- run ---------------------------------------------------------------------------------------
     def _run_facts(self) -> dict:
+        import peft
         import torch
         import transformers
-
-        import peft
 
         trainable, total = self.model.get_nb_trainable_parameters()
         return {
@@ -434,7 +463,11 @@ class FineTuneRecipe:
             )
         start = time.perf_counter()
         output = self.trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
-        val_loss = self.trainer.evaluate()["eval_loss"] if self.val_dataset else None
+        val_loss = None
+        if self.val_dataset:  # evaluate the final adapter unless the last step already did
+            state = self.trainer.state
+            final = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry and entry["step"] == state.global_step]
+            val_loss = final[-1] if final else self.trainer.evaluate()["eval_loss"]
         return {
             "train_loss": output.training_loss,
             "val_loss": val_loss,

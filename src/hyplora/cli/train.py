@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--rank", type=int, default=d.rank, help="adapter rank r (default: %(default)s)")
     model.add_argument("--alpha", type=float, default=d.alpha, help="scaling alpha, output x alpha/r; the same for every method (default: %(default)s)")
     model.add_argument("--dropout", type=float, default=d.dropout, help="adapter input dropout (default: %(default)s)")
-    model.add_argument("--target-modules", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated linear layer names (default: %(default)s)")
+    model.add_argument("--target-modules", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated linear layer names, or one regular expression over full module names (default: %(default)s)")
     model.add_argument("--curvature", type=float, default=None, help="hyplora: initial curvature K (default: HypLoraConfig's)")
     model.add_argument("--learn-curvature", action=argparse.BooleanOptionalAction, default=None, help="hyplora: train K")
     model.add_argument("--input-scaling", choices=("none", "unit", "rms"), default=None, help="hyplora: input scaling before the exponential map")
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=d.data, help="training set name (math, commonsense, gsm8k-train, ...) or a JSON/JSONL file (default: %(default)s)")
-    data.add_argument("--limit", type=int, default=None, help="use at most this many training examples")
+    data.add_argument("--limit", type=int, default=None, help="use at most this many training examples (after the validation carve-out)")
     data.add_argument("--val-size", type=int, default=d.val_size, help="held-out validation examples carved from the data (default: %(default)s)")
     data.add_argument("--cutoff-len", type=int, default=d.cutoff_len, help="maximum tokens per example (default: %(default)s)")
     data.add_argument("--template", choices=("alpaca", "chat"), default=d.template, help="prompt template (default: %(default)s)")
