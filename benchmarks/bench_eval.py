@@ -1,0 +1,227 @@
+"""Speed of `hyplora eval` against the reference scripts' evaluation loop, same model, same SVAMP slice, same run.
+
+Methods, all greedy with 256 new tokens on SmolLM2-135M-Instruct (`load_model("smollm2-135m")`), fp32:
+
+- ``hyplora``: `hyplora.evaluate.evaluate(..., mode="paper", num_beams=1)`, the whole evaluation
+  (tokenising, length-sorted batches, preallocated KV cache, finished rows dropped, JSONL writes).
+- ``reference``: LLM-Adapters / HypLLM `evaluate.py` re-implemented as written: one item at a time,
+  `generate(use_cache=False)` (every step re-runs the whole sequence), `output_scores=True`, the decoded
+  sequence split on "### Response:" (only `num_beams` is 1 instead of 4). It costs minutes per item, so
+  it runs on a few items picked at evenly spaced quantiles of the output lengths, and its time for the
+  whole slice is estimated: measured seconds per token-forward x the token-forwards the slice needs
+  (an item with prompt P and T new tokens runs T forwards over P, P+1, ..., P+T-1 tokens).
+- ``hf-batch16``: a plain batched loop: `model.generate` with the KV cache on left-padded batches of 16
+  in file order (the "~17x" of the issue), on the whole slice.
+
+Agreement: greedy predictions of ``hyplora`` against ``reference`` on its items and against one-item
+`generate` with the KV cache (the reference's computation, fast enough for more items).
+Rates: items/s, generated tokens/s, and the matmul-bound token rate = measured peak fp32 matmul
+FLOP/s / (2 x parameters), all measured in this run. Check `uptime` first: the machine is shared.
+
+    python benchmarks/bench_eval.py --threads 1          # the figures in benchmarks/README-eval.md
+    python benchmarks/bench_eval.py --items 128 --batch-size 64 32 --reference-items 2 --check-items 16
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig
+from transformers.utils import logging as hf_logging
+
+from hyplora.data import load_test_set
+from hyplora.evaluate import evaluate, extract_answer, generate_greedy, read_items
+from hyplora.models import load_model
+from hyplora.prompts import RESPONSE_SPLIT, eval_prompt
+
+
+def peak_matmul_gflops(size: int = 2048, repeats: int = 7) -> float:
+    """Median GFLOP/s of an fp32 ``size x size`` matmul (2 size^3 FLOPs) at the current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def token_forwards(prompt_length: int, new_tokens: int) -> int:
+    """Tokens a no-cache loop pushes through the model: one forward over P + t tokens for t = 0 .. T-1."""
+    return new_tokens * prompt_length + new_tokens * (new_tokens - 1) // 2
+
+
+def reference_loop(model, tokenizer, records, max_new_tokens: int) -> tuple[list[dict], float]:
+    """LLM-Adapters' `evaluate()` per item, greedy: batch 1, no KV cache, the response split off the decoded text."""
+    results, start = [], time.perf_counter()
+    for record in records:
+        inputs = tokenizer(eval_prompt(record["instruction"]), return_tensors="pt")
+        config = GenerationConfig(temperature=0.1, top_p=0.75, top_k=40, num_beams=1)  # sampling is off: ignored
+        with torch.no_grad():
+            output = model.generate(input_ids=inputs["input_ids"], generation_config=config, return_dict_in_generate=True,
+                                    output_scores=True, max_new_tokens=max_new_tokens, use_cache=False)
+        sequence = output.sequences[0]
+        response = tokenizer.decode(sequence).split(RESPONSE_SPLIT)[1].strip()
+        results.append({"tokens": sequence[inputs["input_ids"].shape[1]:].tolist(), "response": response,
+                        "prompt_length": inputs["input_ids"].shape[1]})
+    return results, time.perf_counter() - start
+
+
+def plain_batched_loop(model, tokenizer, records, batch_size: int, max_new_tokens: int) -> tuple[list[list[int]], float]:
+    """`generate` with the KV cache on left-padded batches in file order."""
+    eos = tokenizer.eos_token_id
+    outputs, start = [], time.perf_counter()
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for first in range(0, len(records), batch_size):
+            prompts = [eval_prompt(r["instruction"]) for r in records[first:first + batch_size]]
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+            with torch.inference_mode():
+                sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+            for row in sequences[:, inputs["input_ids"].shape[1]:].tolist():
+                outputs.append(row[:row.index(eos) + 1] if eos in row else row)
+    finally:
+        tokenizer.padding_side = padding_side
+    return outputs, time.perf_counter() - start
+
+
+def one_at_a_time_cached(model, tokenizer, records, max_new_tokens: int) -> list[list[int]]:
+    """Greedy batch-1 `generate` with the KV cache: the reference computation, fast enough for more items."""
+    outputs = []
+    for record in records:
+        ids = tokenizer(eval_prompt(record["instruction"]), return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            row = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)[0]
+        outputs.append(row[ids.shape[1]:].tolist())
+    return outputs
+
+
+def hyplora_evaluation(model, tokenizer, items: int, batch_size: int, max_new_tokens: int) -> tuple[list[dict], float]:
+    """`hyplora.evaluate.evaluate` in paper mode with greedy decoding, into a fresh folder (nothing reused)."""
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        evaluate(model, tokenizer, ["svamp"], limit=items, batch_size=batch_size, mode="paper", num_beams=1,
+                 max_new_tokens=max_new_tokens, output_dir=folder, progress=False)
+        seconds = time.perf_counter() - start
+        return read_items(Path(folder) / "svamp.jsonl"), seconds
+
+
+def warm_up(model, tokenizer, records) -> None:
+    """A few tokens through each code path first: the first calls pay for allocations and kernel selection."""
+    reference_loop(model, tokenizer, records[:1], 4)
+    plain_batched_loop(model, tokenizer, records[:2], 2, 4)
+    prompts = [tokenizer(eval_prompt(r["instruction"]))["input_ids"] for r in records[:2]]
+    generate_greedy(model, prompts, max_new_tokens=4, eos_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id)
+
+
+def quantile_items(lengths: list[int], count: int) -> list[int]:
+    """Indices of `count` items at evenly spaced quantiles of `lengths` (shortest to longest)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    picks = [order[round(q * (len(order) - 1) / max(1, count - 1))] for q in range(count)]
+    return sorted(set(picks))
+
+
+def paper_response(tokenizer, record, tokens) -> str:
+    prompt_ids = tokenizer(eval_prompt(record["instruction"]))["input_ids"]
+    return tokenizer.decode(prompt_ids + tokens).split(RESPONSE_SPLIT)[1].strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=64, help="SVAMP items (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[64],
+                        help="hyplora batch size(s); agreement is checked for the first (default: %(default)s)")
+    parser.add_argument("--reference-items", type=int, default=3, help="items for the no-cache loop (default: %(default)s)")
+    parser.add_argument("--check-items", type=int, default=16, help="items checked against batch-1 cached greedy")
+    parser.add_argument("--skip-hf", action="store_true", help="skip the plain batch-16 generate row")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="only to check this script quickly")
+    args = parser.parse_args()
+    budget = args.max_new_tokens
+
+    torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    load_before = os.getloadavg()
+    model, tokenizer = load_model("smollm2-135m")
+    params = sum(p.numel() for p in model.parameters())
+    records = load_test_set("svamp", args.items)
+    prompt_lengths = [len(ids) for ids in tokenizer([eval_prompt(r["instruction"]) for r in records])["input_ids"]]
+    peak = peak_matmul_gflops()
+    bound = peak * 1e9 / (2 * params)
+    warm_up(model, tokenizer, records)
+
+    rows, runs = {}, {}
+    for batch_size in args.batch_size:
+        runs[batch_size], seconds = hyplora_evaluation(model, tokenizer, args.items, batch_size, budget)
+        rows[f"hyplora (batch {batch_size})"] = (args.items, seconds, sum(i["generated_tokens"] for i in runs[batch_size]))
+    ours = runs[args.batch_size[0]]
+    lengths = [item["generated_tokens"] for item in ours]
+
+    picked = quantile_items(lengths, args.reference_items)
+    reference, measured = reference_loop(model, tokenizer, [records[i] for i in picked], budget)
+    per_forward = measured / sum(token_forwards(r["prompt_length"], len(r["tokens"])) for r in reference)
+    estimate = per_forward * sum(token_forwards(p, t) for p, t in zip(prompt_lengths, lengths))
+    rows["reference (estimated)"] = (args.items, estimate, sum(lengths))
+    if not args.skip_hf:
+        plain, seconds = plain_batched_loop(model, tokenizer, records, 16, budget)
+        rows["hf-batch16"] = (len(plain), seconds, sum(map(len, plain)))
+    checked = one_at_a_time_cached(model, tokenizer, records[:args.check_items], budget)
+    load_after = os.getloadavg()
+
+    def same(index, prediction):
+        ours_prediction = ours[index]["prediction"]
+        return (ours_prediction is None and prediction == float("inf")) or ours_prediction == prediction
+
+    reference_agree = sum(same(i, extract_answer(r["response"], "svamp", "paper")) for i, r in zip(picked, reference))
+    reference_tokens_agree = sum(len(r["tokens"]) == lengths[i] for i, r in zip(picked, reference))
+    checked_responses = [paper_response(tokenizer, records[i], tokens) for i, tokens in enumerate(checked)]
+    checked_agree = sum(same(i, extract_answer(text, "svamp", "paper")) for i, text in enumerate(checked_responses))
+    checked_identical = sum(text == ours[i]["output"] for i, text in enumerate(checked_responses))
+
+    base_rate, base_tokens = args.items / estimate, sum(lengths) / estimate
+    print(f"SmolLM2-135M-Instruct ({params / 1e6:.1f}M params), first {args.items} SVAMP items, greedy, {budget} new "
+          f"tokens, {args.threads} thread(s); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"peak fp32 matmul {peak:.1f} GFLOP/s -> matmul-bound rate {bound:.0f} tokens/s (2 x params FLOPs/token)")
+    print(f"reference measured on items {picked} (new tokens {[len(r['tokens']) for r in reference]}): "
+          f"{measured:.1f} s, {1000 * per_forward:.2f} ms per token-forward")
+    print()
+    print("| method | items | s | s/item | items/s | x reference | gen tok/s | x reference | % of matmul bound |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    figures = {}
+    for name, (items, seconds, tokens) in rows.items():
+        rate, token_rate = items / seconds, tokens / seconds
+        figures[name] = {"items": items, "seconds": round(seconds, 2), "generated_tokens": tokens,
+                         "items_per_s": rate, "tokens_per_s": token_rate}
+        print(f"| {name} | {items} | {seconds:.1f} | {seconds / items:.2f} | {rate:.3f} | {rate / base_rate:.1f} "
+              f"| {token_rate:.1f} | {token_rate / base_tokens:.1f} | {100 * token_rate / bound:.1f} |")
+    print()
+    print(f"hyplora (batch {args.batch_size[0]}) greedy predictions identical: {reference_agree}/{len(reference)} vs the "
+          f"reference loop (same output length: {reference_tokens_agree}/{len(reference)}), {checked_agree}/{len(checked)} "
+          f"vs batch-1 generate with the KV cache (responses identical: {checked_identical}/{len(checked)})")
+    for batch_size in args.batch_size[1:]:
+        agree = sum(a["prediction"] == b["prediction"] for a, b in zip(ours, runs[batch_size]))
+        print(f"predictions identical between hyplora batch {args.batch_size[0]} and batch {batch_size}: "
+              f"{agree}/{len(ours)}")
+    if args.json:
+        summary = {"params": params, "peak_gflops": peak, "matmul_bound_tokens_per_s": bound, "threads": args.threads,
+                   "load_before": load_before, "load_after": load_after, "max_new_tokens": budget,
+                   "reference_measured": {"items": picked, "seconds": measured, "seconds_per_token_forward": per_forward},
+                   "methods": figures, "agreement": {"reference": [reference_agree, len(reference)],
+                                                     "batch1_cached": [checked_agree, len(checked)],
+                                                     "batch1_cached_responses": [checked_identical, len(checked)]}}
+        with open(args.json, "w") as handle:
+            json.dump(summary, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""Evaluation: answer extraction in both modes, batched generation, reports, reuse on re-run, the CLI, bad input."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from hyplora import evaluate as ev
+from hyplora.cli import main
+from hyplora.data import load_test_set
+from hyplora.cli import eval as eval_cli
+from hyplora.errors import InputError
+from hyplora.evaluate import (
+    AnswerFormat, answer_format, evaluate, extract_answer, generate_batched, generate_beam, generate_greedy,
+    is_correct, read_items, response_text, robust_response, write_atomic,
+)
+from hyplora.models import tiny_model
+from hyplora.prompts import eval_prompt
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """xdist runs two workers on two cores: two OpenMP threads each would oversubscribe and crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def one_line_error(call, *args, **kwargs) -> str:
+    with pytest.raises(InputError) as err:
+        call(*args, **kwargs)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+# ----------------------------------------------------------------------------- extraction rules
+NUMBER_CASES = [
+    # response, paper prediction, robust prediction
+    ("The answer is 1,234.", 1234.0, 1234.0),
+    ("She has 3 apples and buys 4 more, so 3 + 4 = 7", 7.0, 7.0),
+    ("The answer is 12. Next question: Tom has 5 pens.", 5.0, 12.0),
+    ("Each gets 2/3 of a pie", 3.0, 2 / 3),
+    ("It costs .5 dollars", 5.0, 0.5),
+    ("The temperature is -3 degrees", -3.0, -3.0),
+    ("5-3=2", 2.0, 2.0),
+    ("Numbers 1,2,3", 123.0, 3.0),
+    ("The answer is $1,000.50", 1000.5, 1000.5),
+    ("Version 1.2.3", 3.0, 1.2),
+    ("The result is 18.", 18.0, 18.0),
+    ("Answer: 42 apples, 7 left", 7.0, 42.0),
+    ("no digits at all", math.inf, math.inf),
+    ("", math.inf, math.inf),
+]
+
+
+@pytest.mark.parametrize("response,paper,robust", NUMBER_CASES)
+def test_number_extraction(response, paper, robust):
+    assert extract_answer(response, "svamp", "paper") == pytest.approx(paper)
+    assert extract_answer(response, "gsm8k", "robust") == pytest.approx(robust)
+
+
+LETTER_CASES = [
+    ("Answer: (C)", "A", "C"),  # the flaw robust mode fixes: the A of "Answer"
+    ("The answer is (C).", "C", "C"),
+    ("The correct option is (E)", "E", "E"),
+    ("Option B, since (A) and (C) are too small", "B", "B"),
+    ("The answer is therefore C", "C", ""),
+    ("Explanation: 2 + 2 = 4. The answer is B", "E", "B"),
+    ("\\boxed{D}", "D", "D"),
+    ("B) 35.62", "B", "B"),
+    ("(d) lowercase only", "", ""),
+    ("A man buys 3 apples", "A", ""),
+    ("Answer Choices: (A) 1 (B) 2", "A", ""),
+    ("we get 23.65, which is (A)", "A", "A"),
+    ("", "", ""),
+]
+
+
+@pytest.mark.parametrize("response,paper,robust", LETTER_CASES)
+def test_letter_extraction(response, paper, robust):
+    assert extract_answer(response, "aqua", "paper") == paper
+    assert extract_answer(response, "aqua", "robust") == robust
+
+
+LABEL_CASES = [
+    ("boolq", "the correct answer is true", "true", "true"),
+    ("boolq", "True", "", "true"),
+    ("boolq", "It is untrue, so false", "true", "false"),
+    ("boolq", "true or false? the correct answer is false", "true", "false"),
+    ("piqa", "Solution 2", "", "solution2"),
+    ("piqa", "solution2 is better than solution1", "solution2", "solution2"),
+    ("siqa", "Answer1", "", "answer1"),
+    ("arc-c", "the correct answer is answer4", "answer4", "answer4"),
+    ("obqa", "answer 3", "", "answer3"),
+    ("winogrande", "Option2", "", "option2"),
+    ("hellaswag", "ending3", "ending3", "ending3"),
+    ("arc-e", "I am not sure", "", ""),
+]
+
+
+@pytest.mark.parametrize("dataset,response,paper,robust", LABEL_CASES)
+def test_label_extraction(dataset, response, paper, robust):
+    assert extract_answer(response, dataset, "paper") == paper
+    assert extract_answer(response, dataset, "robust") == robust
+
+
+def test_numbers_are_correct_within_a_thousandth():
+    assert is_correct(18.0, "18", "svamp") and is_correct(0.667, "0.6666666666666666", "gsm8k")
+    assert not is_correct(0.668, "0.6666666666666666", "gsm8k")
+    assert is_correct(576.0005, "576.0", "mawps") and not is_correct(576.0015, "576.0", "mawps")
+    assert not is_correct(math.inf, "3", "addsub")
+    assert is_correct("C", "C", "aqua") and not is_correct("", "C", "aqua")
+    assert is_correct("true", "true", "boolq") and not is_correct("True", "true", "boolq")
+
+
+def test_robust_response_stops_at_the_next_alpaca_section():
+    text = " The answer is 4.\n\n### Instruction:\nWhat is 7 + 1?\n\n### Response:\nThe answer is 8."
+    assert robust_response(text) == "The answer is 4."
+    assert extract_answer(robust_response(text), "svamp", "robust") == 4.0
+    assert extract_answer(text, "svamp", "paper") == 8.0
+
+
+def test_answer_formats_of_registered_sets_and_files():
+    assert answer_format("SVAMP") == AnswerFormat("number")
+    assert answer_format("aqua") == AnswerFormat("letter")
+    assert answer_format("ARC-Challenge") == AnswerFormat("label", tuple(f"answer{i}" for i in range(1, 6)))
+    assert answer_format("a.json", [{"answer": "3"}, {"answer": "-1.5"}]).kind == "number"
+    assert answer_format("b.json", [{"answer": "B"}, {"answer": "E"}]).kind == "letter"
+    labels = answer_format("c.json", [{"answer": "yes"}, {"answer": "no"}, {"answer": "yes"}])
+    assert labels == AnswerFormat("label", ("yes", "no"))
+    assert extract_answer("Yes, it is", labels, "robust") == "yes" and extract_answer("Yes", labels, "paper") == ""
+    assert "unknown dataset" in one_line_error(extract_answer, "1", "mnist")
+    assert "unknown mode" in one_line_error(extract_answer, "1", "svamp", "strict")
+
+
+def test_paper_response_splits_the_decoded_prompt_and_keeps_special_tokens_for_math(smollm2_tokenizer):
+    tokenizer = smollm2_tokenizer
+    prompt_ids = tokenizer(eval_prompt("What is 2 + 2?"))["input_ids"]
+    generated = tokenizer(" The answer is 4.\n### Response: 5")["input_ids"] + [tokenizer.eos_token_id]
+    math_response = response_text(tokenizer, prompt_ids, generated, mode="paper", domain_name="math")
+    assert math_response == "The answer is 4."  # [1] of the split: the text between the two markers
+    tail = tokenizer(" the correct answer is true")["input_ids"] + [tokenizer.eos_token_id]
+    assert response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="math") == "the correct answer is true" + tokenizer.eos_token
+    assert response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="commonsense") == "the correct answer is true"
+    assert response_text(tokenizer, prompt_ids, generated, mode="robust", domain_name="math") == "The answer is 4."
+
+
+# ----------------------------------------------------------------------------- generation
+def _prompts(count: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 30, (count,), generator=generator).tolist()
+    return [torch.randint(3, 49152, (n,), generator=generator).tolist() for n in lengths]
+
+
+def _tiny_hyplora():
+    """A tiny Llama with a HypLoRA adapter initialised away from the identity."""
+    from peft import get_peft_model
+
+    from hyplora import HypLoraConfig
+
+    config = HypLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    return get_peft_model(tiny_model("llama"), config).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_batched_greedy_equals_one_prompt_at_a_time(arch):
+    # float64: no argmax can flip on padding-dependent rounding; gemma's sliding window of 8 is crossed
+    model = tiny_model(arch, sliding_window=8).double() if arch == "gemma" else tiny_model(arch).double()
+    prompts = _prompts(7)
+    steps = 12
+    free = [generate_greedy(model, [p], max_new_tokens=steps, eos_ids=set(), pad_id=2)[0] for p in prompts]
+    # an EOS that ends some rows early and not others, so finished rows leave the batch mid-way
+    candidates = sorted({t for row in free for t in row[1:-1]}, key=lambda t: sum(t in row[:-1] for row in free))
+    eos = next(t for t in candidates if 0 < sum(t in row[:-1] for row in free) < len(free))
+    single = [generate_greedy(model, [p], max_new_tokens=steps, eos_ids={eos}, pad_id=2)[0] for p in prompts]
+    assert any(len(s) < steps for s in single) and any(len(s) == steps for s in single)
+    batched = generate_batched(model, prompts, max_new_tokens=steps, num_beams=1, batch_size=5, eos_ids={eos}, pad_id=2)
+    assert batched == single
+    with torch.inference_mode():
+        reference = [model.generate(torch.tensor([p]), max_new_tokens=steps, do_sample=False, eos_token_id=eos,
+                                    pad_token_id=2)[0, len(p):].tolist() for p in prompts]
+    assert [ev._until_eos(r, {eos}) for r in reference] == single
+
+
+def test_batched_beam_search_equals_one_prompt_at_a_time():
+    model = tiny_model("llama").double()
+    prompts = _prompts(4, seed=1)
+    single = [generate_beam(model, [p], max_new_tokens=6, num_beams=4, eos_ids={2}, pad_id=2)[0] for p in prompts]
+    assert generate_batched(model, prompts, max_new_tokens=6, num_beams=4, batch_size=3, eos_ids={2}, pad_id=2) == single
+    assert all(len(s) == 6 for s in single)
+
+
+def test_generation_runs_in_eval_mode_and_restores_training_mode(tiny_llama, smollm2_tokenizer, tmp_path):
+    tiny_llama.train()
+    modes = []
+    tiny_llama.register_forward_hook(lambda module, args, output: modes.append(module.training))
+    evaluate(tiny_llama, smollm2_tokenizer, ["svamp"], limit=2, batch_size=2, mode="robust", output_dir=tmp_path,
+             max_new_tokens=2, progress=False)
+    assert modes and not any(modes)
+    assert tiny_llama.training
+
+
+# ----------------------------------------------------------------------------- reports and reuse
+def test_reports_and_reuse_of_finished_items(tiny_llama, smollm2_tokenizer, tmp_path, monkeypatch):
+    kwargs = dict(limit=3, batch_size=2, mode="paper", output_dir=tmp_path, max_new_tokens=3, num_beams=2,
+                  progress=False, run_info={"model": "tiny"})
+    summary = evaluate(tiny_llama, smollm2_tokenizer, ["svamp", "boolq"], **kwargs)
+    assert set(summary["datasets"]) == {"svamp", "boolq"}
+    svamp = read_items(tmp_path / "svamp.jsonl")
+    assert [item["index"] for item in svamp] == [0, 1, 2]
+    for item in svamp:
+        assert {"prompt", "output", "prediction", "gold", "correct"} <= item.keys()
+        assert item["correct"] == is_correct(extract_answer(item["output"], "svamp"), item["gold"], "svamp")
+    assert svamp[0]["gold"] == "8.0" and svamp[0]["prompt"].startswith("Below is an instruction")
+    stats = summary["datasets"]["svamp"]
+    assert (stats["count"], stats["generated"], stats["reused"]) == (3, 3, 0)
+    assert summary["weighted_mean"] == pytest.approx(
+        sum(r["correct"] for r in summary["datasets"].values()) / 6)
+    assert summary["macro_mean"] == pytest.approx(sum(r["accuracy"] for r in summary["datasets"].values()) / 2)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    table = (tmp_path / "results.md").read_text()
+    assert "| svamp |" in table and "macro mean" in table and "weighted mean" in table
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    assert not list(tmp_path.glob(".*tmp*"))
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a finished item was generated again")
+
+    monkeypatch.setattr(ev, "generate_beam", no_generation)
+    monkeypatch.setattr(ev, "generate_greedy", no_generation)
+    again = evaluate(tiny_llama, smollm2_tokenizer, ["svamp", "boolq"], **kwargs)
+    assert again["datasets"]["svamp"]["generated"] == 0 and again["datasets"]["svamp"]["reused"] == 3
+    assert read_items(tmp_path / "svamp.jsonl") == svamp
+    with pytest.raises(AssertionError, match="generated again"):  # other settings: another key
+        evaluate(tiny_llama, smollm2_tokenizer, ["svamp"], **{**kwargs, "max_new_tokens": 4})
+
+
+def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_path, monkeypatch):
+    tokenizer = smollm2_tokenizer
+    yes_no = tmp_path / "yes_no.json"
+    yes_no.write_text(json.dumps([{"instruction": "Is ice cold?", "answer": "true"},
+                                  {"instruction": "Is fire cold?", "answer": "false"}]))
+    golds = {eval_prompt(r["instruction"]): (i, r["answer"]) for i, r in enumerate(load_test_set("svamp", 4))}
+    golds.update({eval_prompt(r["instruction"]): (0, r["answer"]) for r in json.loads(yes_no.read_text())})
+
+    def known_outputs(model, prompts, **kwargs):  # svamp: even items right, odd ones without a number; yes_no: right
+        outputs = []
+        for ids in prompts:
+            index, gold = golds[tokenizer.decode(ids)]
+            text = f" The answer is {gold}." if index % 2 == 0 else " I do not know."
+            outputs.append(tokenizer(text)["input_ids"] + [tokenizer.eos_token_id])
+        return outputs
+
+    monkeypatch.setattr(ev, "generate_greedy", known_outputs)
+    summary = evaluate(tiny_llama, tokenizer, ["svamp", str(yes_no)], limit=4, batch_size=3, mode="robust",
+                       output_dir=tmp_path / "out", progress=False)
+    label = ev._file_label(str(yes_no))
+    assert summary["datasets"][label]["domain"] == "commonsense" and summary["datasets"][label]["max_new_tokens"] == 32
+    assert [(r["correct"], r["count"]) for r in summary["datasets"].values()] == [(2, 4), (2, 2)]
+    assert summary["macro_mean"] == pytest.approx(0.75) and summary["weighted_mean"] == pytest.approx(4 / 6)
+    items = read_items(tmp_path / "out" / "svamp.jsonl")
+    assert [item["correct"] for item in items] == [True, False, True, False]
+    assert items[0]["prediction"] == float(items[0]["gold"]) and items[1]["prediction"] is None
+    assert "| svamp | 50.0 | 2 | 4 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_an_interrupted_run_keeps_finished_batches(tiny_llama, smollm2_tokenizer, tmp_path, monkeypatch):
+    real, calls = ev.generate_greedy, []
+
+    def fail_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "generate_greedy", fail_on_second_batch)
+    kwargs = dict(limit=4, batch_size=2, mode="robust", output_dir=tmp_path, max_new_tokens=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny_llama, smollm2_tokenizer, ["mawps"], **kwargs)
+    assert len(read_items(tmp_path / "mawps.jsonl")) == 2
+    summary = evaluate(tiny_llama, smollm2_tokenizer, ["mawps"], **kwargs)
+    assert (summary["datasets"]["mawps"]["reused"], summary["datasets"]["mawps"]["generated"]) == (2, 2)
+    assert len(calls) == 3
+
+
+def test_per_level_accuracy_from_records_with_levels(tiny_llama, smollm2_tokenizer, tmp_path):
+    records = [{"instruction": f"What is {i} + 1?", "input": "", "output": "", "answer": str(i + 1), "level": i % 2}
+               for i in range(4)]
+    path = tmp_path / "levels_test.json"
+    path.write_text(json.dumps(records))
+    summary = evaluate(tiny_llama, smollm2_tokenizer, [str(path)], batch_size=4, mode="robust",
+                       output_dir=tmp_path / "out", max_new_tokens=2, progress=False)
+    (label, stats), = summary["datasets"].items()
+    assert stats["domain"] == "math" and set(stats["levels"]) == {"0", "1"}
+    assert sum(level["count"] for level in stats["levels"].values()) == 4
+    assert {item["level"] for item in read_items(tmp_path / "out" / f"{label}.jsonl")} == {0, 1}
+
+
+def test_write_atomic_replaces_whole_files(tmp_path):
+    target = tmp_path / "a.txt"
+    write_atomic(target, "one\n")
+    write_atomic(target, "two\n")
+    assert target.read_text() == "two\n" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture
+def tiny_model_dir(tmp_path, smollm2_tokenizer):
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    copy.deepcopy(smollm2_tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_cli_end_to_end_with_adapter_and_rerun(tiny_model_dir, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    _tiny_hyplora().save_pretrained(adapter)
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny_model_dir), "--datasets", "svamp,aqua", "boolq", "--limit", "2",
+            "--batch-size", "2", "--mode", "robust", "--max-new-tokens", "3", "--output-dir", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| svamp |" in printed and "| aqua |" in printed and "weighted mean" in printed
+    base = json.loads((out / "summary.json").read_text())
+    assert base["model"] == str(tiny_model_dir) and base["num_beams"] == 1 and base["mode_notes"] == list(ev.ROBUST_CHANGES)
+    assert [base["datasets"][name]["count"] for name in ("svamp", "aqua", "boolq")] == [2, 2, 2]
+    assert main(argv) == 0
+    assert all(r["generated"] == 0 for r in json.loads((out / "summary.json").read_text())["datasets"].values())
+    assert main(argv + ["--adapter", str(adapter)]) == 0  # another model: nothing reused
+    tuned = json.loads((out / "summary.json").read_text())
+    assert tuned["adapter"] == str(adapter) and tuned["model_fingerprint"] != base["model_fingerprint"]
+    assert all(r["generated"] == 2 for r in tuned["datasets"].values())
+
+
+def test_cli_mode_choices_match_the_library():
+    assert eval_cli.MODES == ev.MODES
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--datasets", "mnist"], "unknown test set"),
+    (["--datasets", "svamp", "--limit", "0"], "option limit"),
+    (["--datasets", "svamp", "--batch-size", "0"], "option batch_size"),
+    (["--datasets", "svamp", "--adapter", "no/such/adapter"], "adapter_config.json"),
+    (["--datasets", "svamp", "svamp"], "same set twice"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys, extra, message):
+    assert main(["eval", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar of a model load, if any
+    assert message in err and err.startswith("hyplora eval: error:")
+
+
+def test_bad_files_and_options(tiny_llama, smollm2_tokenizer, tmp_path):
+    run = dict(batch_size=2, max_new_tokens=1, progress=False)
+    corrupt = tmp_path / "out"
+    corrupt.mkdir()
+    (corrupt / "svamp.jsonl").write_text('{"index": 0}\n{not json\n')
+    message = one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1, output_dir=corrupt, **run)
+    assert "svamp.jsonl" in message and "line 1" in message
+    (corrupt / "svamp.jsonl").write_text("{not json\n")
+    assert "line 1 is not valid JSON" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1,
+                                                        output_dir=corrupt, **run)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert "not a folder" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], output_dir=a_file, **run)
+    assert "unknown mode" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], mode="exact",
+                                            output_dir=tmp_path, **run)
+    assert "non-empty list" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, "svamp", output_dir=tmp_path, **run)
+    assert "num_beams" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], num_beams=0,
+                                         output_dir=tmp_path, **run)
