@@ -15,8 +15,15 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 from hyplora.models import load_model, load_tokenizer, tiny_model
+
+# property tests draw the same examples on every run, so CI cannot go red by chance; run with
+# HYPOTHESIS_PROFILE=explore to search new examples locally
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REAL_MODEL_FIXTURES = {"smollm2", "smollm2_tokenizer"}
 

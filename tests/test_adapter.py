@@ -45,7 +45,8 @@ def test_fused_equals_literal_in_value_and_gradient(seed, input_scaling, log_mag
             assert got is None or input_scaling == "none", name
             continue
         scale = want.abs().max().item()
-        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * scale + 1e-6, msg=lambda m: f"grad {name}: {m}")
+        # the floor covers gradients that are 0 analytically (e.g. s once the exp map saturates): float32 noise there
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * scale + 2e-5, msg=lambda m: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("input_scaling", SCALINGS)
