@@ -13,6 +13,9 @@ Methods, all greedy with 256 new tokens on SmolLM2-135M-Instruct (`load_model("s
 - ``hf-batch16``: a plain batched loop: `model.generate` with the KV cache on left-padded batches of 16
   in file order (the "~17x" of the issue), on the whole slice.
 
+``hyplora`` and ``hf-batch16`` alternate `--repeats` times and the table shows medians, with the load
+average at the start of each run: on a shared machine the load drifts during a run of minutes.
+
 Agreement: greedy predictions of ``hyplora`` against ``reference`` on its items and against one-item
 `generate` with the KV cache (the reference's computation, fast enough for more items).
 Rates: items/s, generated tokens/s, and the matmul-bound token rate = measured peak fp32 matmul
@@ -143,6 +146,7 @@ def main() -> None:
     parser.add_argument("--reference-items", type=int, default=3, help="items for the no-cache loop (default: %(default)s)")
     parser.add_argument("--check-items", type=int, default=16, help="items checked against batch-1 cached greedy")
     parser.add_argument("--skip-hf", action="store_true", help="skip the plain batch-16 generate row")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of the fast methods (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="only to check this script quickly")
@@ -160,21 +164,27 @@ def main() -> None:
     bound = peak * 1e9 / (2 * params)
     warm_up(model, tokenizer, records)
 
-    rows, runs = {}, {}
-    for batch_size in args.batch_size:
-        runs[batch_size], seconds = hyplora_evaluation(model, tokenizer, args.items, batch_size, budget)
-        rows[f"hyplora (batch {batch_size})"] = (args.items, seconds, sum(i["generated_tokens"] for i in runs[batch_size]))
+    # hyplora and the plain batched loop alternate, `--repeats` times: the load of a shared machine drifts
+    timings, runs = {}, {}
+    for _ in range(args.repeats):
+        for batch_size in args.batch_size:
+            load = os.getloadavg()[0]
+            runs[batch_size], seconds = hyplora_evaluation(model, tokenizer, args.items, batch_size, budget)
+            tokens = sum(item["generated_tokens"] for item in runs[batch_size])
+            timings.setdefault(f"hyplora (batch {batch_size})", []).append((seconds, tokens, load))
+        if not args.skip_hf:
+            load = os.getloadavg()[0]
+            plain, seconds = plain_batched_loop(model, tokenizer, records, 16, budget)
+            timings.setdefault("hf-batch16", []).append((seconds, sum(map(len, plain)), load))
     ours = runs[args.batch_size[0]]
     lengths = [item["generated_tokens"] for item in ours]
 
     picked = quantile_items(lengths, args.reference_items)
+    load = os.getloadavg()[0]
     reference, measured = reference_loop(model, tokenizer, [records[i] for i in picked], budget)
     per_forward = measured / sum(token_forwards(r["prompt_length"], len(r["tokens"])) for r in reference)
     estimate = per_forward * sum(token_forwards(p, t) for p, t in zip(prompt_lengths, lengths))
-    rows["reference (estimated)"] = (args.items, estimate, sum(lengths))
-    if not args.skip_hf:
-        plain, seconds = plain_batched_loop(model, tokenizer, records, 16, budget)
-        rows["hf-batch16"] = (len(plain), seconds, sum(map(len, plain)))
+    timings["reference (estimated)"] = [(estimate, sum(lengths), load)]
     checked = one_at_a_time_cached(model, tokenizer, records[:args.check_items], budget)
     load_after = os.getloadavg()
 
@@ -195,15 +205,21 @@ def main() -> None:
     print(f"reference measured on items {picked} (new tokens {[len(r['tokens']) for r in reference]}): "
           f"{measured:.1f} s, {1000 * per_forward:.2f} ms per token-forward")
     print()
-    print("| method | items | s | s/item | items/s | x reference | gen tok/s | x reference | % of matmul bound |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| method | items | s (median) | s/item | items/s | x reference | gen tok/s | x reference | % of matmul bound "
+          "| load at start |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     figures = {}
-    for name, (items, seconds, tokens) in rows.items():
-        rate, token_rate = items / seconds, tokens / seconds
-        figures[name] = {"items": items, "seconds": round(seconds, 2), "generated_tokens": tokens,
-                         "items_per_s": rate, "tokens_per_s": token_rate}
-        print(f"| {name} | {items} | {seconds:.1f} | {seconds / items:.2f} | {rate:.3f} | {rate / base_rate:.1f} "
-              f"| {token_rate:.1f} | {token_rate / base_tokens:.1f} | {100 * token_rate / bound:.1f} |")
+    for name, runs_of_method in timings.items():
+        seconds = statistics.median(run[0] for run in runs_of_method)
+        tokens = runs_of_method[0][1]
+        rate, token_rate = args.items / seconds, tokens / seconds
+        loads = ", ".join(f"{run[2]:.1f}" for run in runs_of_method)
+        figures[name] = {"items": args.items, "seconds": [round(run[0], 2) for run in runs_of_method],
+                         "generated_tokens": tokens, "items_per_s": rate, "tokens_per_s": token_rate,
+                         "load_at_start": [run[2] for run in runs_of_method]}
+        print(f"| {name} | {args.items} | {seconds:.1f} | {seconds / args.items:.2f} | {rate:.3f} | "
+              f"{rate / base_rate:.1f} | {token_rate:.1f} | {token_rate / base_tokens:.1f} | {100 * token_rate / bound:.1f} "
+              f"| {loads} |")
     print()
     print(f"hyplora (batch {args.batch_size[0]}) greedy predictions identical: {reference_agree}/{len(reference)} vs the "
           f"reference loop (same output length: {reference_tokens_agree}/{len(reference)}), {checked_agree}/{len(checked)} "

@@ -143,8 +143,9 @@ def test_paper_response_splits_the_decoded_prompt_and_keeps_special_tokens_for_m
     math_response = response_text(tokenizer, prompt_ids, generated, mode="paper", domain_name="math")
     assert math_response == "The answer is 4."  # [1] of the split: the text between the two markers
     tail = tokenizer(" the correct answer is true")["input_ids"] + [tokenizer.eos_token_id]
-    assert response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="math") == "the correct answer is true" + tokenizer.eos_token
-    assert response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="commonsense") == "the correct answer is true"
+    expected = "the correct answer is true"
+    assert response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="math") == expected + tokenizer.eos_token
+    assert response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="commonsense") == expected
     assert response_text(tokenizer, prompt_ids, generated, mode="robust", domain_name="math") == "The answer is 4."
 
 

@@ -9,6 +9,8 @@ accuracy.png to --output-dir; running the same command again reuses every finish
 
 import argparse
 
+from hyplora.prompts import TEMPLATES
+
 EPILOG = """examples:
   hyplora eval --model smollm2-135m --datasets svamp mawps --limit 50 --output-dir runs/eval-base
   hyplora eval --model smollm2-135m --adapter runs/smol-hyplora --datasets svamp,mawps --mode robust \\
@@ -29,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test sets (gsm8k svamp aqua mawps addsub multiarith singleeq boolq piqa siqa winogrande "
                              "arc-e arc-c obqa) or JSON/JSONL files; space- or comma-separated")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N items of each set")
-    parser.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="prompts per generation batch; beam search runs batch x beams sequences (default: %(default)s; "
+                             "greedy decoding on a CPU is faster at 64, see benchmarks/README-eval.md)")
     parser.add_argument("--mode", choices=MODES, default="paper",
                         help="paper: LLM-Adapters exactly; robust: fixed extraction, greedy (default: %(default)s)")
     parser.add_argument("--output-dir", required=True, help="folder for the JSONL, summary.json, results.md and accuracy.png")
@@ -37,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     decoding.add_argument("--num-beams", type=int, default=None, help="beam width (default: 4 in paper mode, 1 in robust)")
     decoding.add_argument("--greedy", action="store_true", help="greedy decoding (same as --num-beams 1)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="new-token budget (default: 256 math, 32 commonsense)")
-    parser.add_argument("--prompt-template", choices=("alpaca", "chat"), default="alpaca",
-                        help="alpaca: LLM-Adapters' evaluation prompt; chat: the tokenizer's chat template (default: %(default)s)")
+    parser.add_argument("--prompt-template", choices=TEMPLATES, default="alpaca",
+                        help="alpaca: LLM-Adapters' evaluation prompt; chat: the tokenizer's chat template "
+                             "(default: %(default)s)")
     parser.add_argument("--levels-dir", default=None,
                         help="folder with HypLLM's <Name>/updated_level1.json files, for per-level accuracy")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
