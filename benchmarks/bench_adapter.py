@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hyplora.layer import hyplora_forward, hyplora_forward_literal
+from hyplora.layer import HypLoraLinear, HypLoraLinearVariant, hyplora_forward, hyplora_forward_literal
 
 METHODS = ("lora", "hyplora", "literal")
 
@@ -75,12 +75,17 @@ def branch_fns(args, device, dtype):
     return fns, grad
 
 
+class LiteralVariant(HypLoraLinearVariant):
+    """The HypLoRA variant with the concatenation form as its computation."""
+
+    branch = staticmethod(hyplora_forward_literal)
+
+
 def step_model(method: str, args, device, dtype):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hyplora import HypLoraConfig
-    from hyplora.layer import HypLoraLinearVariant
 
     torch.manual_seed(0)
     config = LlamaConfig(  # SmolLM2-135M
@@ -92,14 +97,10 @@ def step_model(method: str, args, device, dtype):
                   target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"])
     cfg = LoraConfig(**common) if method == "lora" else HypLoraConfig(input_scaling="rms", **common)
     model = get_peft_model(model, cfg)
-    if method == "literal":
-        def literal(module, active_adapter, x, result, **kwargs):
-            return hyplora_forward_literal(
-                result, module.lora_dropout[active_adapter](x), module.lora_A[active_adapter].weight,
-                module.lora_B[active_adapter].weight, sqrt_k=module.curvature(active_adapter).sqrt(),
-                scaling=module.scaling[active_adapter], input_scaling="rms",
-                log_scale=module.lora_input_scale[active_adapter].weight)
-        HypLoraLinearVariant.forward = staticmethod(literal)
+    if method == "literal":  # swap this model's variants only; the class keeps the fused forward
+        for module in model.modules():
+            if isinstance(module, HypLoraLinear):
+                module.lora_variant["default"] = LiteralVariant()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
     ids = ids.to(device)
@@ -168,9 +169,7 @@ def run_step_child(args):
 
 
 def run_step(args, device, dtype):
-    fns = {m: step_model(m, args, device, dtype)[2] for m in ("lora", "hyplora")}
-    # the literal form patches the variant class: build it last, in its own interleaved slot
-    fns["literal"] = step_model("literal", args, device, dtype)[2]
+    fns = {m: step_model(m, args, device, dtype)[2] for m in METHODS}
     medians = time_interleaved(fns, args.step_repeats, 1, device)
     memory = {}
     for method in METHODS:

@@ -186,18 +186,38 @@ def test_chosen_lr_waits_for_the_whole_grid(tmp_path):
     assert [job.name for job in seeds] == [f"math-lora-lr{study._lr_tag(grid[1])}-s{s}" for s in DESIGN["seeds"][1:]]
 
 
-def test_next_job_skips_done_work_and_follows_stage_order(tmp_path):
+def _claim(selected, work, results, skip=frozenset()):
+    job, lock = run_study.claim_next_job(selected, work, results, set(skip))
+    lock.release()
+    return job.name
+
+
+def test_claim_next_job_skips_done_work_and_follows_stage_order(tmp_path):
     work, results = tmp_path / "work", tmp_path / "results"
-    first = run_study.next_job(study.STAGES, work, results, set())
-    assert first.name == "math-lora-lr1e-3-s0"
-    fake_train(first.folder(work))
-    assert run_study.next_job(study.STAGES, work, results, set()).name == "math-hyplora-lr1e-3-s0"  # trainings first
+    assert _claim(study.STAGES, work, results) == "math-lora-lr1e-3-s0"
+    fake_train(TrainJob("", "math", "lora", DESIGN["provisional_lr"], 0).folder(work))
+    assert _claim(study.STAGES, work, results) == "math-hyplora-lr1e-3-s0"  # trainings first
     for method in DESIGN["methods"]:
         fake_train(TrainJob("", "math", method, DESIGN["provisional_lr"], 0).folder(work))
-    assert run_study.next_job(study.STAGES, work, results, set()).name == "math-lora-lr1e-3-s0--robust"
-    assert run_study.next_job(("lr-grid",), work, results, set()).name == "math-lora-lr3e-4-s0"
-    skip = {"math-lora-lr1e-3-s0--robust"}
-    assert run_study.next_job(study.STAGES, work, results, skip).name == "math-hyplora-lr1e-3-s0--robust"
+    assert _claim(study.STAGES, work, results) == "math-lora-lr1e-3-s0--robust"
+    assert _claim(("lr-grid",), work, results) == "math-lora-lr3e-4-s0"
+    assert _claim(study.STAGES, work, results, {"math-lora-lr1e-3-s0--robust"}) == "math-hyplora-lr1e-3-s0--robust"
+
+
+def test_a_second_runner_skips_the_job_the_first_holds_and_waits_when_none_is_left(tmp_path):
+    work, results = tmp_path / "work", tmp_path / "results"
+    first, first_lock = run_study.claim_next_job(("main-s0",), work, results, set())
+    second, second_lock = run_study.claim_next_job(("main-s0",), work, results, set())
+    assert (first.name, second.name) == ("math-lora-lr1e-3-s0", "math-hyplora-lr1e-3-s0")
+    third, third_lock = run_study.claim_next_job(("main-s0",), work, results, set())
+    # the evaluations wait for their trainings; only the base-model one could run; holding it too leaves nothing
+    assert third.name == "math-dora-lr1e-3-s0"
+    base, base_lock = run_study.claim_next_job(("main-s0",), work, results, set())
+    assert base.name == "math-base--robust"
+    assert run_study.claim_next_job(("main-s0",), work, results, set()) == (None, 4)
+    for lock in (first_lock, second_lock, third_lock, base_lock):
+        lock.release()
+    assert _claim(("main-s0",), work, results) == "math-lora-lr1e-3-s0"
 
 
 def test_sync_results_copies_compact_summaries(tmp_path):

@@ -369,3 +369,14 @@ def test_real_smollm2_trains_and_round_trips(smollm2, smollm2_tokenizer, tmp_pat
     assert all(torch.equal(v, base_state[k]) for k, v in base.state_dict().items())
     reloaded = load_adapter(base, tmp_path)
     assert torch.equal(outputs(reloaded, batch["input_ids"][:1]), expected)
+
+
+def test_float64_base_computes_the_branch_in_float64():
+    model = get_peft_model(tiny_model("llama", vocab_size=1024).double(), hyp_config())
+    randomize_adapters(model)
+    ids = input_ids()
+    out = model(ids, labels=ids)
+    assert out.logits.dtype == torch.float64 and torch.isfinite(out.logits).all()
+    out.loss.backward()
+    layer = model.base_model.model.model.layers[0].mlp.down_proj
+    assert layer.lora_A["default"].weight.grad.dtype == torch.float64

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from hyplora.cli import main as cli_main
 from hyplora.errors import InputError
-from hyplora.models import tiny_model
+from hyplora.models import load_model, tiny_model
 from hyplora.train import FineTuneRecipe, TrainArgs, adapter_config, last_checkpoint, train
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -320,3 +320,27 @@ def test_resume_refuses_changed_adapter_options_and_warns_on_a_new_length(tmp_pa
         FineTuneRecipe(_args("m", "d", tmp_path, resume=True, rank=8))
     with pytest.warns(UserWarning, match="--max-steps changed from 12 to 20; the new value is used"):
         FineTuneRecipe(_args("m", "d", tmp_path, resume=True, max_steps=20))
+
+
+def test_data_seed_gives_every_seed_the_same_validation_split(tiny_model_dir, arithmetic_data, tmp_path):
+    def split(**overrides):
+        recipe = FineTuneRecipe(_args(tiny_model_dir, arithmetic_data, tmp_path / "run", **overrides))
+        recipe.tokenizer = load_model(tiny_model_dir)[1]
+        recipe._setup_data()
+        return [example["input_ids"] for example in recipe.val_dataset], [example["input_ids"] for example in recipe.train_dataset]
+
+    val_0, train_0 = split(seed=0)
+    val_1, _ = split(seed=1)
+    assert val_0 != val_1  # without --data-seed the seed also draws the data
+    assert split(seed=1, data_seed=0) == (val_0, train_0)
+
+
+def test_cli_threads_option_sets_torch_threads_and_refuses_zero(capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(["train", "--threads", "0", "--output-dir", "unused"]) == 2
+        assert capsys.readouterr().err.strip() == "hyplora train: error: --threads 0: must be positive"
+        assert cli_main(["train", "--threads", "1", "--method", "lora", "--curvature", "2"]) == 2
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

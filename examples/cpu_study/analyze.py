@@ -28,7 +28,7 @@ METHOD_LABELS = {"base": "base (no adapter)", "lora": "LoRA", "dora": "DoRA", "h
 COMPARISONS = (("hyplora", "lora"), ("hyplora", "dora"), ("dora", "lora"))
 ALPHA = 0.05
 
-# The paper's full-scale numbers (official v2 project page; /work/shared/notes/reference-releases.md section 6).
+# The paper's full-scale numbers (official v2 project page of HypLoRA, NeurIPS 2025).
 PAPER_MATH = {
     "columns": ("mawps", "svamp", "gsm8k", "aqua"),
     "rows": {
@@ -276,7 +276,7 @@ def level_section(results: Results) -> list[str]:
                 if any(e["task"] == "math" and ds in e["items"] and "level" in e["items"][ds] for e in results.evals.values())]
     if not datasets:
         return [not_run("an evaluation with difficulty levels (they need HypLLM's updated_level1.json files:"
-                        " run_study.py passes $HYPLORA_LEVELS_DIR, here /work/shared/data/math)")]
+                        " run_study.py --levels-dir DIR or $HYPLORA_LEVELS_DIR)")]
     reference = next(e for e in results.evals.values() if e["task"] == "math" and all(
         ds in e["items"] and "level" in e["items"][ds] for ds in datasets))
     levels = np.concatenate([item_levels(reference, ds, results.excluded("math", ds)) for ds in datasets])

@@ -8,6 +8,7 @@ per-item JSONL stay under `runs/cpu_study/` (ignored by git). Run it again to co
 
     python examples/cpu_study/run_study.py --plan-only            # the compute plan, nothing runs
     nohup python examples/cpu_study/run_study.py --max-minutes 100 > runs/cpu_study.log 2>&1 &
+    nohup python examples/cpu_study/run_study.py --max-minutes 100 > runs/cpu_study-2.log 2>&1 &   # a second core
     python examples/cpu_study/run_study.py --stage main-s0 lr-grid
     python examples/cpu_study/analyze.py                           # docs/results.md from what exists
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from study import (  # noqa: E402
-    DEFAULT_LEVELS_DIR, DESIGN, REPO_DIR, RESULTS_DIR, STAGES, WORK_DIR, EvalJob, TrainJob, read_json, stages,
+    DESIGN, REPO_DIR, RESULTS_DIR, STAGES, WORK_DIR, EvalJob, TrainJob, read_json, stages,
     test_overlap, unique_jobs, use_smoke_design,
 )
 
@@ -202,15 +203,30 @@ class Runner:
             ledger.write(json.dumps(record) + "\n")
 
 
-def next_job(selected: tuple[str, ...], work_dir: Path, results_dir: Path, skip: set[str]):
-    """The first job of the selected stages that can run now (not done, not blocked, not waiting), else None.
+def claim_next_job(selected: tuple[str, ...], work_dir: Path, results_dir: Path, skip: set[str]):
+    """The first job of the selected stages that can run now and that no other runner holds, with its lock held.
 
-    The job list is rebuilt every time: a finished learning-rate grid unblocks the later stages.
+    Returns `(job, lock)`, or `(None, others)` where `others` counts the runnable jobs other runners hold.
+    The job list is rebuilt every time: a finished learning-rate grid unblocks the later stages. The lock is a
+    `filelock` file per job under `work_dir/locks`: the OS releases it when its runner dies, so two runners (one
+    per core) share a study and a crashed one never leaves a job claimed.
     """
+    from filelock import FileLock, Timeout
+
+    others = 0
     for job in unique_jobs(stages(results_dir), selected):
-        if job.name not in skip and job.state(work_dir) in ("new", "partial"):
-            return job
-    return None
+        if job.name in skip or job.state(work_dir) not in ("new", "partial"):
+            continue
+        lock = FileLock(str(work_dir / "locks" / f"{job.name}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            others += 1
+            continue
+        if job.state(work_dir) in ("new", "partial"):  # another runner may have finished it since the check above
+            return job, lock
+        lock.release()
+    return None, others
 
 
 def main(argv=None) -> int:
@@ -228,8 +244,8 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="a minutes-long run of the whole flow (2 steps, 4 items per slice) in a temporary folder")
     parser.add_argument("--levels-dir", type=Path, default=None,
-                        help="HypLLM updated_level1.json folder for accuracy by level (default: $HYPLORA_LEVELS_DIR, "
-                             f"else {DEFAULT_LEVELS_DIR} when present)")
+                        help="HypLLM updated_level1.json folder for accuracy by level (default: $HYPLORA_LEVELS_DIR; "
+                             "none: no per-level accuracy)")
     args = parser.parse_args(argv)
     selected = tuple(stage for stage in STAGES if stage in args.stage)
     if args.smoke:
@@ -238,7 +254,7 @@ def main(argv=None) -> int:
             scratch = Path(tempfile.mkdtemp(prefix="cpu_study_smoke_"))
             args.work_dir, args.results_dir = scratch / "work", scratch / "results"
     levels_dir = args.levels_dir or (Path(os.environ["HYPLORA_LEVELS_DIR"]) if os.environ.get("HYPLORA_LEVELS_DIR")
-                                     else DEFAULT_LEVELS_DIR if DEFAULT_LEVELS_DIR.is_dir() else None)
+                                     else None)
     if levels_dir is not None and not levels_dir.is_dir():
         raise InputError(f"--levels-dir {levels_dir}: not a folder")
 
@@ -254,15 +270,8 @@ def main(argv=None) -> int:
     if args.plan_only:
         return 0
 
-    from filelock import FileLock, Timeout
-
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = FileLock(str(args.work_dir / "run_study.lock")).acquire(timeout=0)
-    except Timeout:
-        raise InputError(f"{args.work_dir}/run_study.lock: another run_study.py is running on this work dir") from None
-    with lock:
-        return _run_all(args, selected, levels_dir)
+    (args.work_dir / "locks").mkdir(parents=True, exist_ok=True)
+    return _run_all(args, selected, levels_dir)
 
 
 def _run_all(args, selected, levels_dir) -> int:
@@ -276,18 +285,23 @@ def _run_all(args, selected, levels_dir) -> int:
     _, remaining = plan_table(stages(args.results_dir), selected, args.work_dir)
     bar = tqdm(total=round(remaining), unit="est. min", desc="study", dynamic_ncols=True)
     while not runner.stopping:
-        job = next_job(selected, args.work_dir, args.results_dir, failed)
+        job, held = claim_next_job(selected, args.work_dir, args.results_dir, failed)
         if job is None:
-            break
+            if not held:
+                break
+            time.sleep(30)  # jobs held by another runner may unblock others (the learning-rate grid)
+            continue
         estimate = job.estimate_s(args.work_dir)
         if deadline is not None and time.time() + estimate > deadline:
+            held.release()
             print(f"stop: {job.name} (~{estimate / 60:.0f} min) would end past --max-minutes {args.max_minutes:g}")
             break
         resume = " (resume)" if job.kind == "train" and job.state(args.work_dir) == "partial" else ""
         tqdm.write(f"[{time.strftime('%H:%M:%S')}] {job.stage}: {job.kind} {job.name}{resume}, ~{estimate / 60:.0f} min,"
                    f" log {args.work_dir / 'logs' / (job.name + '.log')}")
         job_start = time.time()
-        status = runner.run(job)
+        with held:
+            status = runner.run(job)
         tqdm.write(f"[{time.strftime('%H:%M:%S')}] {job.name}: {status} after {(time.time() - job_start) / 60:.1f} min")
         if status == "failed":
             failed.add(job.name)

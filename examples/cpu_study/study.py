@@ -32,7 +32,6 @@ STUDY_DIR = Path(__file__).resolve().parent
 REPO_DIR = STUDY_DIR.parents[1]
 RESULTS_DIR = STUDY_DIR / "results"
 WORK_DIR = REPO_DIR / "runs" / "cpu_study"
-DEFAULT_LEVELS_DIR = Path("/work/shared/data/math")
 
 DESIGN = {
     "model": "smollm2-135m",
@@ -51,6 +50,9 @@ DESIGN = {
         "save_steps": 10,
         "logging_steps": 2,
         "save_total_limit": 1,
+        # the mixture shuffle, validation carve-out and batch order: the same for every seed, so seeds vary the
+        # adapter's initialisation and dropout only, and validation losses are comparable across seeds
+        "data_seed": 0,
     },
     "lr_grid": (3e-4, 1e-3, 3e-3),
     "provisional_lr": 1e-3,
@@ -75,10 +77,10 @@ DESIGN = {
     # one thread per job: on 2 cores shared with other jobs, 2 OpenMP threads made a decoding step 18x slower
     # (threads wait at every barrier for a descheduled sibling); see MEASUREMENTS
     "threads": 1,
-    # measured on this machine (see docs/results.md, "Compute"); used only for the plan's estimates
-    "seconds_per_step": 30.0,
-    "seconds_per_val_example": 2.3,
-    "seconds_per_eval_item": {"math": 3.0, "commonsense": 1.0, "paper": 12.0},
+    # one job per core, measured on this machine's first jobs (results/compute.jsonl, load 2-5); the plan's estimates only
+    "seconds_per_step": 11.0,
+    "seconds_per_val_example": 0.5,
+    "seconds_per_eval_item": {"math": 1.7, "commonsense": 0.6, "paper": 12.0},
     "seconds_load": 40.0,
 }
 # Timings behind the design choices, measured here on 2026-11-26 with other engineers' jobs running (load 5-8).
@@ -182,7 +184,7 @@ class TrainJob:
             "--cutoff-len", str(s["cutoff_len"]), "--warmup-steps", str(s["warmup_steps"]),
             "--val-size", str(s["val_size"]), "--eval-steps", str(s["eval_steps"]),
             "--save-steps", str(s["save_steps"]), "--logging-steps", str(s["logging_steps"]),
-            "--save-total-limit", str(s["save_total_limit"]),
+            "--save-total-limit", str(s["save_total_limit"]), "--data-seed", str(s["data_seed"]),
         ]
         for option, value in self.options:
             flag = "--" + option.replace("_", "-")

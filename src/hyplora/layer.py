@@ -152,8 +152,9 @@ def hyplora_forward(
     log_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``result + delta(x)`` of the module docstring, fused; ``x`` already dropped out. Shapes ``(..., in)``."""
-    x = x.reshape(-1, x.shape[-1]).float()
-    weight_a, weight_b, sqrt_k = weight_a.float(), weight_b.float(), sqrt_k.float()
+    dtype = lorentz.compute_dtype(x)  # float32, or float64 for a float64 model
+    x, weight_a, weight_b, sqrt_k = (t.to(dtype) for t in (x.reshape(-1, x.shape[-1]), weight_a, weight_b, sqrt_k))
+    log_scale = None if log_scale is None else log_scale.to(dtype)
     xa, norm = _ProjectA.apply(x, weight_a[:, 1:])
     c = tangent_scale(norm, input_scaling, log_scale, x.shape[-1])
     time, space_scale = lorentz.expmap0_scalars(c * norm, sqrt_k)
@@ -174,14 +175,16 @@ def hyplora_forward_literal(
     log_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The module docstring's computation written out with concatenations: the reference for tests and benchmarks."""
-    x = x.float()
-    k = sqrt_k.float() ** 2
+    dtype = lorentz.compute_dtype(x)
+    x, weight_a, weight_b, sqrt_k = (t.to(dtype) for t in (x, weight_a, weight_b, sqrt_k))
+    log_scale = None if log_scale is None else log_scale.to(dtype)
+    k = sqrt_k**2
     u = tangent_scale(x.norm(dim=-1), input_scaling, log_scale, x.shape[-1]).unsqueeze(-1) * x
     z = lorentz.expmap0(lorentz.pad_zero_time(u), k=k)
-    z = lorentz.lift(F.linear(z, weight_a.float()), k=k)
-    z = lorentz.lift(F.linear(z, weight_b.float()), k=k)
+    z = lorentz.lift(F.linear(z, weight_a), k=k)
+    z = lorentz.lift(F.linear(z, weight_b), k=k)
     delta = lorentz.logmap0(z, k=k)[..., 1:] * scaling
-    return (result.float() + delta).to(result.dtype)
+    return (result.to(dtype) + delta).to(result.dtype)
 
 
 class ScalarParameter(nn.Module):
@@ -214,10 +217,12 @@ class HypLoraLinearVariant(LoraVariant):
         if config.input_scaling != "none":
             module.lora_input_scale[adapter_name] = ScalarParameter(0.0, device=old.device)
 
-    @staticmethod
-    def forward(module: "HypLoraLinear", active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs):
+    branch = staticmethod(hyplora_forward)  # the computation; benchmarks swap in `hyplora_forward_literal`
+
+    @classmethod
+    def forward(cls, module: "HypLoraLinear", active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs):
         scale = module.lora_input_scale[active_adapter].weight if active_adapter in module.lora_input_scale else None
-        return hyplora_forward(
+        return cls.branch(
             result,
             module.lora_dropout[active_adapter](x),
             module.lora_A[active_adapter].weight,

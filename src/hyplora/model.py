@@ -77,9 +77,7 @@ def load_adapter(
             first = next(line.strip() for line in str(err).splitlines() if "size mismatch" in line)
             raise InputError(f"{path}: adapter does not fit this base model ({first})") from None
         raise
-    if is_hyplora_config(config):
-        check_hyplora_layers(peft_model, adapter_name)
-    return peft_model
+    return peft_model  # the injection hook has checked every HypLoRA layer (install_peft_guards)
 
 
 def _refuse_weighted_hyplora(add_weighted_adapter):

@@ -81,6 +81,7 @@ class TrainArgs:
     warmup_steps: int = 100
     val_size: int = 120
     seed: int = 42
+    data_seed: int | None = None
     limit: int | None = None
     train_on_inputs: bool = True
     template: str = "alpaca"
@@ -347,10 +348,11 @@ class FineTuneRecipe:
         from hyplora.prompts import tokenize_example
 
         a = self.args
-        train_set = load_train_set(a.data, seed=a.seed)
+        data_seed = a.seed if a.data_seed is None else a.data_seed
+        train_set = load_train_set(a.data, seed=data_seed)
         if is_main_process():
             print(train_set.summary(), flush=True)
-        train_records, val_records = split_validation(train_set.records, a.val_size, seed=a.seed)
+        train_records, val_records = split_validation(train_set.records, a.val_size, seed=data_seed)
         if a.limit is not None:
             train_records = train_records[: a.limit]
         if not train_records:
@@ -400,7 +402,7 @@ class FineTuneRecipe:
             eval_strategy="steps" if has_val else "no",
             eval_steps=(a.eval_steps or a.save_steps) if has_val else None,
             seed=a.seed,
-            data_seed=a.seed,
+            data_seed=a.seed if a.data_seed is None else a.data_seed,
             report_to="none",
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(sub)
+        sub.add_argument("--threads", type=int, default=None,
+                         help="torch CPU threads (default: torch's choice); on a busy shared machine 1 can be several times faster")
         sub.set_defaults(_run=module.run)
     return parser
 
@@ -33,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise InputError(f"--threads {args.threads}: must be positive")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return int(args._run(args) or 0)
     except InputError as err:
         print(f"hyplora {args.verb}: error: {err}", file=sys.stderr)

@@ -35,8 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multi-token", choices=("mean", "first"), default="mean", help="how a word split into tokens is measured")
     parser.add_argument("--num-bins", type=int, default=12, help="frequency bins of the norm plots (default: 12)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the δ controls (default: 0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); on a busy shared machine 1 can be several times faster")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,14 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from hyplora.errors import InputError
     from hyplora.models import load_model
 
-    for option in ("prompt_limit", "max_prompt_tokens", "top_n", "num_bins", "threads"):
+    for option in ("prompt_limit", "max_prompt_tokens", "top_n", "num_bins"):
         value = getattr(args, option)
         if value is not None and value < (0 if option == "prompt_limit" else 1):
             raise InputError(f"--{option.replace('_', '-')} {value}: must be positive")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     specs = [s.strip() for s in args.datasets.split(",") if s.strip()] if args.datasets else available_paper_datasets()
     if not specs:
         raise InputError("--datasets: no dataset named")

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     schedule.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (default: %(default)s)")
     schedule.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help="per-process micro-batch (default: %(default)s)")
     schedule.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps (default: %(default)s)")
-    schedule.add_argument("--seed", type=int, default=d.seed, help="seed for adapter init, data split and order (default: %(default)s)")
+    schedule.add_argument("--seed", type=int, default=d.seed, help="seed for adapter init, dropout, and (without --data-seed) the data (default: %(default)s)")
+    schedule.add_argument("--data-seed", type=int, default=None, help="seed for the mixture shuffle, the validation carve-out and the batch order, so that runs of different --seed see the same data (default: --seed)")
 
     run = parser.add_argument_group("output and checkpoints")
     run.add_argument("--output-dir", default=d.output_dir, help="adapter, logs and checkpoints (default: %(default)s)")
