@@ -179,16 +179,17 @@ def settings_section(results: Results) -> list[str]:
         " unless an ablation says otherwise.",
         f"- Training: {s['max_steps']} optimizer steps of {s['batch_size']} examples (micro-batch {s['micro_batch_size']}),"
         f" one pass over the first {s['max_steps'] * s['batch_size']} examples of the shuffled mixture (the same examples"
-        f" in the same order for every method at a given seed), cutoff {s['cutoff_len']} tokens, loss on prompt and response"
+        f" in the same order for every method and every seed: data seed {s['data_seed']}), cutoff {s['cutoff_len']} tokens, loss on prompt and response"
         f" (LLM-Adapters' default), AdamW, linear decay after {s['warmup_steps']} warm-up steps, fp32 on CPU,"
         f" {d['threads']} thread(s) per job.",
         f"- Validation: {s['val_size']} examples carved from the training mixture (`hyplora.data.split_validation`,"
-        f" seeded by the run's seed), loss every {s['eval_steps']} steps and at the end.",
+        f" data seed {s['data_seed']}: the same examples for every run), loss every {s['eval_steps']} steps and at the end.",
         f"- Learning rate: grid {', '.join(f'{lr:g}' for lr in d['lr_grid'])} per method, seed 0, chosen by the lowest"
         f" final validation loss (never a test set); runs before the grid finished used {d['provisional_lr']:g}."
         " Commonsense runs reuse each method's math-chosen rate (no separate commonsense grid).",
-        f"- Seeds: {', '.join(map(str, d['seeds']))} for the main comparison; the seed sets the adapter initialisation,"
-        " the mixture's shuffle (so which examples are trained on), the validation split and the data order.",
+        f"- Seeds: {', '.join(map(str, d['seeds']))} for the main comparison; the seed sets the adapter initialisation"
+        f" and the dropout masks; the data (mixture shuffle, validation split, batch order) is fixed by `--data-seed"
+        f" {s['data_seed']}` (the seed-0 runs predate that flag and drew their data with seed 0: the same data).",
         f"- Arithmetic: train on `math` (GSM8K train + MAWPS train + AQuA dev, test overlaps removed); test on the first"
         f" {math_spec['limit']} items of {', '.join(math_spec['test'])}"
         f" ({math_spec['limit'] * len(math_spec['test'])} items).",
@@ -403,8 +404,8 @@ def compute_section(results: Results) -> list[str]:
              + "; ".join(f"{what}: {value}" for what, value in MEASUREMENTS.items()) + ".",
              f"The plan's estimates use {d['seconds_per_step']:g} s per training step, {d['seconds_per_val_example']:g} s"
              " per validation example, " + ", ".join(f"{v:g} s per {k} item" for k, v in d["seconds_per_eval_item"].items())
-             + f" and {d['seconds_load']:g} s to start a job: rates seen at load 4-8; at load ~3 jobs ran about twice"
-             " as fast (see the wall times below). The machine was never quiet, so no quiet-machine figure exists.", ""]
+             + f" and {d['seconds_load']:g} s to start a job: the first jobs' wall times (below) at load 2-5. From"
+             " 17:38 UTC on 2026-11-26 two runners share the study, one job per core, so the load is at least 2.", ""]
     if not results.compute:
         return lines + [not_run("any job (no compute log yet)")]
     done = [r for r in results.compute if r["status"] == "done"]
