@@ -38,7 +38,7 @@ class HypLoraConfig(LoraConfig):
         metadata={
             "help": (
                 "How the layer input x becomes the tangent vector u before the exponential map. 'none': u = x (the "
-                "paper's literal form; LLM hidden states saturate the map). 'unit': u = x/|x| * min(e^s, 10) (the "
+                "paper's literal form; LLM hidden states saturate the map). 'unit': u = x/max(|x|, 0.01) * min(e^s, 10) (the "
                 "first release). 'rms': u = x / (e^s * sqrt(in_features)), i.e. |u| = rms(x)/e^s. s is learned, "
                 "initialised to 0. Default 'unit': the lowest held-out loss of the three in benchmarks/input_scaling.py "
                 "(see benchmarks/README.md); 'none' diverged there."

@@ -43,14 +43,16 @@ MERGE_ERROR = (
     "is not linear in x, so no matrix W' gives W'x = Wx + delta(x). Keep the adapter unmerged (or use "
     "`unload()` to drop it)."
 )
-_UNIT_EPS = 1e-6  # |x| below which 'unit' scaling stops dividing (x -> x * m / eps stays finite)
+# |x| below which 'unit' scaling stops dividing: u = x m / eps there, so du/dx <= m / eps = 1e3 and an fp16
+# model's input gradient cannot overflow (at 1e-6 it reached 4e5 > 65504); LLM hidden states have |x| >> 1e-2
+_UNIT_EPS = 1e-2
 _PSI_TAYLOR_BELOW = 0.1
 
 
 def tangent_scale(norm: torch.Tensor, input_scaling: str, log_scale: Optional[torch.Tensor], in_features: int):
     r"""Per-token factor ``c`` of the tangent vector ``u = c x`` from ``|x|`` (``norm``).
 
-    ``none``: :math:`c = 1`; ``unit``: :math:`c = \min(e^s, 10)/|x|`; ``rms``: :math:`c = e^{-s}/\sqrt{in}`.
+    ``none``: :math:`c = 1`; ``unit``: :math:`c = \min(e^s, 10)/\max(|x|, 10^{-2})`; ``rms``: :math:`c = e^{-s}/\sqrt{in}`.
     """
     if input_scaling == "none":
         return torch.ones_like(norm)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The GPU checks of the HypLoRA core, as one script for a session that is lent a GPU (about 5 minutes on an H100):
+#   1. the branch's tests on CUDA: fused == literal (values, gradients), finite for norms 0..1e8 in fp32/bf16/fp16;
+#   2. the speed/memory benchmark in bf16 at in = out = 4096, r = 32 (branch and training step);
+#   3. the branch alone in fp16.
+# Needs a CUDA build of torch and `pip install -e .[dev]`. Output: stdout, and $OUT/gpu_check.log when OUT is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log="${OUT:-/tmp}/gpu_check.log"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  HYPLORA_TEST_DEVICE=cuda python -m pytest -q -p no:xdist tests/test_adapter.py
+  python benchmarks/bench_adapter.py --device cuda --dtype bfloat16 --dim 4096 --tokens 8192
+  python benchmarks/bench_adapter.py --device cuda --dtype float16 --dim 4096 --tokens 8192 --skip-step
+} 2>&1 | tee "$log"
