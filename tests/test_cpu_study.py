@@ -186,6 +186,20 @@ def test_chosen_lr_waits_for_the_whole_grid(tmp_path):
     assert [job.name for job in seeds] == [f"math-lora-lr{study._lr_tag(grid[1])}-s{s}" for s in DESIGN["seeds"][1:]]
 
 
+def test_a_best_rate_at_the_end_of_the_grid_adds_the_next_point_past_it(tmp_path):
+    grid, (below, above) = DESIGN["lr_grid"], DESIGN["lr_grid_beyond"]
+    write_grid(tmp_path, "hyplora", {grid[0]: 1.6, grid[1]: 1.5, grid[2]: 1.4})
+    assert study.lr_grid("math", "hyplora", tmp_path) == (*grid, above)
+    assert study.chosen_lr("math", "hyplora", tmp_path) is None  # waits for the added point
+    assert f"math-hyplora-lr{study._lr_tag(above)}-s0" in {job.name for job in study.stages(tmp_path)["lr-grid"]}
+    write_grid(tmp_path, "hyplora", {above: 1.45})
+    assert study.chosen_lr("math", "hyplora", tmp_path) == grid[2]
+    write_grid(tmp_path, "lora", {grid[0]: 1.3, grid[1]: 1.5, grid[2]: 1.6})
+    assert study.lr_grid("math", "lora", tmp_path) == (below, *grid)
+    write_grid(tmp_path, "dora", {grid[0]: 1.6, grid[1]: 1.5, grid[2]: 1.55})
+    assert study.lr_grid("math", "dora", tmp_path) == grid and study.chosen_lr("math", "dora", tmp_path) == grid[1]
+
+
 def _claim(selected, work, results, skip=frozenset()):
     job, lock = run_study.claim_next_job(selected, work, results, set(skip))
     lock.release()

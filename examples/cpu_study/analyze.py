@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stats import N_RESAMPLES, accuracy_ci, mcnemar_exact, paired_bootstrap  # noqa: E402
 from study import (  # noqa: E402
-    DESIGN, MEASUREMENTS, REPO_DIR, RESULTS_DIR, STAGES, WORK_DIR, EvalJob, TrainJob, chosen_lr, read_json, stages, unique_jobs,
+    DESIGN, MEASUREMENTS, REPO_DIR, RESULTS_DIR, STAGES, WORK_DIR, EvalJob, TrainJob, chosen_lr, lr_grid, read_json, stages, unique_jobs,
     use_smoke_design,
 )
 
@@ -185,7 +185,8 @@ def settings_section(results: Results) -> list[str]:
         f"- Validation: {s['val_size']} examples carved from the training mixture (`hyplora.data.split_validation`,"
         f" data seed {s['data_seed']}: the same examples for every run), loss every {s['eval_steps']} steps and at the end.",
         f"- Learning rate: grid {', '.join(f'{lr:g}' for lr in d['lr_grid'])} per method, seed 0, chosen by the lowest"
-        f" final validation loss (never a test set); runs before the grid finished used {d['provisional_lr']:g}."
+        f" final validation loss (never a test set); a method whose lowest loss is at an end of the grid is also trained"
+        f" one step past it ({' or '.join(f'{lr:g}' for lr in d['lr_grid_beyond'])}) and chosen among all its points; runs before the grid finished used {d['provisional_lr']:g}."
         " Commonsense runs reuse each method's math-chosen rate (no separate commonsense grid).",
         f"- Seeds: {', '.join(map(str, d['seeds']))} for the main comparison; the seed sets the adapter initialisation"
         f" and the dropout masks; the data (mixture shuffle, validation split, batch order) is fixed by `--data-seed"
@@ -307,14 +308,16 @@ def level_section(results: Results) -> list[str]:
 
 def loss_section(results: Results) -> tuple[list[str], list[str]]:
     """The learning-rate grid and every main run's final validation loss; also the plain statements about it."""
-    header = ["method", *(f"lr {lr:g}, seed 0" for lr in DESIGN["lr_grid"]), "chosen lr", "seeds at chosen lr (final val loss)"]
+    grids = {method: lr_grid("math", method, results.dir) for method in DESIGN["methods"]}
+    rates = sorted(set().union(*grids.values()))
+    header = ["method", *(f"lr {lr:g}, seed 0" for lr in rates), "chosen lr", "seeds at chosen lr (final val loss)"]
     rows, statements = [], []
     finals = {}
     for method in DESIGN["methods"]:
         cells = []
-        for lr in DESIGN["lr_grid"]:
+        for lr in rates:
             run = results.runs.get(TrainJob("", "math", method, lr, 0).name)
-            cells.append(f"{run['result']['val_loss']:.4f}" if run else "not yet run")
+            cells.append(f"{run['result']['val_loss']:.4f}" if run else "not yet run" if lr in grids[method] else "—")
         chosen = chosen_lr("math", method, results.dir)
         seeds = []
         if chosen is not None:

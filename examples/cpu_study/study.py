@@ -10,8 +10,9 @@ Stages, in run order:
 
 1. `main-s0`: LoRA, DoRA, HypLoRA on the math mixture, seed 0, at the provisional learning rate,
    then each evaluated on the math slices, and the base model on the same slices.
-2. `lr-grid`: the other grid learning rates, seed 0 (validation loss only); then the run at each
-   method's chosen learning rate is evaluated (nothing new when the provisional one won).
+2. `lr-grid`: the other grid learning rates, seed 0 (validation loss only), and one more point past the end of
+   the grid where a method's lowest loss lies at that end; then the run at each method's chosen learning rate is
+   evaluated (nothing new when the provisional one won).
 3. `seeds`: seeds 1 and 2 at the chosen learning rates, evaluated; the paper-mode slice.
 4. `ablations`: HypLoRA variants (input scaling, learned curvature, K), seed 0, evaluated.
 5. `commonsense`: the three methods on the commonsense mixture at their math-chosen learning
@@ -55,6 +56,9 @@ DESIGN = {
         "data_seed": 0,
     },
     "lr_grid": (3e-4, 1e-3, 3e-3),
+    # a method whose lowest loss is at an end of the grid is also trained at the next point past that end: no method
+    # is compared at a rate beyond which its own optimum lies (HypLoRA's was at 3e-3 on the first grid)
+    "lr_grid_beyond": (1e-4, 1e-2),
     "provisional_lr": 1e-3,
     "seeds": (0, 1, 2),
     "tasks": {
@@ -283,18 +287,35 @@ def run_summary(name: str, results_dir: Path = RESULTS_DIR) -> dict | None:
     return read_json(results_dir / "runs" / f"{name}.json")
 
 
-def chosen_lr(task: str, method: str, results_dir: Path = RESULTS_DIR) -> float | None:
-    """The grid learning rate with the lowest final validation loss for (task, method), seed 0, default options.
-
-    None until every grid point has a summary in `results_dir`: a partial grid never picks.
-    """
+def _grid_losses(task: str, method: str, rates, results_dir: Path) -> dict[float, float] | None:
+    """Final validation loss per learning rate (seed 0, default options); None while any of `rates` has no summary."""
     losses = {}
-    for lr in DESIGN["lr_grid"]:
+    for lr in rates:
         summary = run_summary(TrainJob("", task, method, lr, 0).name, results_dir)
         if summary is None or summary.get("result", {}).get("val_loss") is None:
             return None
         losses[lr] = summary["result"]["val_loss"]
-    return min(losses, key=losses.get)
+    return losses
+
+
+def lr_grid(task: str, method: str, results_dir: Path = RESULTS_DIR) -> tuple[float, ...]:
+    """The learning rates (task, method) is trained at: `DESIGN["lr_grid"]`, plus the point of `lr_grid_beyond` past
+    the end where the grid's lowest loss lies, if it lies at an end (one step, so the grid stays bounded)."""
+    grid = tuple(DESIGN["lr_grid"])
+    losses = _grid_losses(task, method, grid, results_dir)
+    if losses is None:
+        return grid
+    best, (below, above) = min(losses, key=losses.get), DESIGN["lr_grid_beyond"]
+    return (below, *grid) if best == grid[0] else (*grid, above) if best == grid[-1] else grid
+
+
+def chosen_lr(task: str, method: str, results_dir: Path = RESULTS_DIR) -> float | None:
+    """The learning rate of `lr_grid` with the lowest final validation loss for (task, method), seed 0, default options.
+
+    None until every point of the grid (the extension included, where one is due) has a summary: a partial grid never picks.
+    """
+    losses = _grid_losses(task, method, lr_grid(task, method, results_dir), results_dir)
+    return None if losses is None else min(losses, key=losses.get)
 
 
 def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
@@ -313,7 +334,8 @@ def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
     plan["main-s0"].append(EvalJob("main-s0", "math", None))
 
     for method in methods:
-        plan["lr-grid"] += [TrainJob("lr-grid", "math", method, lr, 0) for lr in d["lr_grid"] if lr != provisional]
+        plan["lr-grid"] += [TrainJob("lr-grid", "math", method, lr, 0) for lr in lr_grid("math", method, results_dir)
+                            if lr != provisional]
     for method in methods:
         plan["lr-grid"].append(EvalJob("lr-grid", "math", TrainJob("lr-grid", "math", method, chosen[method], 0)))
 
