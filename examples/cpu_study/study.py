@@ -11,9 +11,9 @@ Stages, in run order:
 1. `main-s0`: LoRA, DoRA, HypLoRA on the math mixture, seed 0, at the provisional learning rate,
    then each evaluated on the math slices, and the base model on the same slices.
 2. `lr-grid`: the other grid learning rates, seed 0 (validation loss only), and one more point past the end of
-   the grid where a method's lowest loss lies at that end; then the run at each method's chosen learning rate is
-   evaluated (nothing new when the provisional one won).
-3. `seeds`: seeds 1 and 2 at the chosen learning rates, evaluated; the paper-mode slice.
+   the grid where a method's lowest loss lies at that end.
+3. `seeds`: seeds 1 and 2 at the chosen learning rates; then every seed's run at the chosen rates is evaluated
+   (the seed-0 run is already evaluated where the provisional rate won); the paper-mode slice.
 4. `ablations`: HypLoRA variants (input scaling, learned curvature, K), seed 0, evaluated.
 5. `commonsense`: the three methods on the commonsense mixture at their math-chosen learning
    rates, seed 0, evaluated on the commonsense slices; the base model on the same slices.
@@ -336,9 +336,10 @@ def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
     for method in methods:
         plan["lr-grid"] += [TrainJob("lr-grid", "math", method, lr, 0) for lr in lr_grid("math", method, results_dir)
                             if lr != provisional]
+    # the seed-0 run at each chosen rate is evaluated with the other seeds (nothing new where the provisional rate
+    # won), after their trainings: the validation losses of all seeds come first
     for method in methods:
-        plan["lr-grid"].append(EvalJob("lr-grid", "math", TrainJob("lr-grid", "math", method, chosen[method], 0)))
-
+        plan["seeds"].append(EvalJob("seeds", "math", TrainJob("seeds", "math", method, chosen[method], 0)))
     for seed in d["seeds"][1:]:
         for method in methods:
             plan["seeds"] += trained_and_evaluated("seeds", "math", method, chosen[method], seed)
