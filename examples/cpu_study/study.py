@@ -81,10 +81,12 @@ DESIGN = {
     # one thread per job: on 2 cores shared with other jobs, 2 OpenMP threads made a decoding step 18x slower
     # (threads wait at every barrier for a descheduled sibling); see MEASUREMENTS
     "threads": 1,
-    # one job per core, measured on this machine's first jobs (results/compute.jsonl, load 2-5); the plan's estimates only
+    # one job per core, from this machine's jobs (results/compute.jsonl, load 2-5); the plan's estimates only. Math
+    # evaluations of 700 items took 2.0-2.2 s per item for LoRA/HypLoRA, 3.1 for the base model (it rambles to the
+    # token limit) and 5.7 for DoRA (PEFT recomputes DoRA's weight norm at every decoding step)
     "seconds_per_step": 11.0,
     "seconds_per_val_example": 0.5,
-    "seconds_per_eval_item": {"math": 1.7, "commonsense": 0.6, "paper": 12.0},
+    "seconds_per_eval_item": {"math": 3.0, "commonsense": 1.0, "paper": 12.0},
     "seconds_load": 40.0,
 }
 # Timings behind the design choices, measured here on 2026-11-26 with other engineers' jobs running (load 5-8).
