@@ -142,6 +142,12 @@ class _ProjectBLogmap(torch.autograd.Function):
         return grad_out, grad_z, grad_w, grad_sqrt_k, None
 
 
+def _in_compute_dtype(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> tuple:
+    """``x`` and ``tensors`` (None passes through) in ``lorentz.compute_dtype(x)``: float32, float64 for a float64 model."""
+    dtype = lorentz.compute_dtype(x)
+    return tuple(None if t is None else t.to(dtype) for t in (x, *tensors))
+
+
 def hyplora_forward(
     result: torch.Tensor,
     x: torch.Tensor,
@@ -154,9 +160,7 @@ def hyplora_forward(
     log_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``result + delta(x)`` of the module docstring, fused; ``x`` already dropped out. Shapes ``(..., in)``."""
-    dtype = lorentz.compute_dtype(x)  # float32, or float64 for a float64 model
-    x, weight_a, weight_b, sqrt_k = (t.to(dtype) for t in (x.reshape(-1, x.shape[-1]), weight_a, weight_b, sqrt_k))
-    log_scale = None if log_scale is None else log_scale.to(dtype)
+    x, weight_a, weight_b, sqrt_k, log_scale = _in_compute_dtype(x.reshape(-1, x.shape[-1]), weight_a, weight_b, sqrt_k, log_scale)
     xa, norm = _ProjectA.apply(x, weight_a[:, 1:])
     c = tangent_scale(norm, input_scaling, log_scale, x.shape[-1])
     time, space_scale = lorentz.expmap0_scalars(c * norm, sqrt_k)
@@ -177,16 +181,14 @@ def hyplora_forward_literal(
     log_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The module docstring's computation written out with concatenations: the reference for tests and benchmarks."""
-    dtype = lorentz.compute_dtype(x)
-    x, weight_a, weight_b, sqrt_k = (t.to(dtype) for t in (x, weight_a, weight_b, sqrt_k))
-    log_scale = None if log_scale is None else log_scale.to(dtype)
+    x, weight_a, weight_b, sqrt_k, log_scale = _in_compute_dtype(x, weight_a, weight_b, sqrt_k, log_scale)
     k = sqrt_k**2
     u = tangent_scale(x.norm(dim=-1), input_scaling, log_scale, x.shape[-1]).unsqueeze(-1) * x
     z = lorentz.expmap0(lorentz.pad_zero_time(u), k=k)
     z = lorentz.lift(F.linear(z, weight_a), k=k)
     z = lorentz.lift(F.linear(z, weight_b), k=k)
     delta = lorentz.logmap0(z, k=k)[..., 1:] * scaling
-    return (result.to(dtype) + delta).to(result.dtype)
+    return (result.to(x.dtype) + delta).to(result.dtype)
 
 
 class ScalarParameter(nn.Module):

@@ -112,6 +112,11 @@ class TrainArgs:
             return self.target_modules[0]
         return list(self.target_modules)
 
+    @property
+    def data_order_seed(self) -> int:
+        """The seed of the mixture shuffle, validation carve-out and batch order: `data_seed`, else `seed`."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def to_json(self) -> dict:
         """The options as plain JSON values (what `train_args.json` stores under `"args"`)."""
         values = dataclasses.asdict(self)
@@ -348,11 +353,10 @@ class FineTuneRecipe:
         from hyplora.prompts import tokenize_example
 
         a = self.args
-        data_seed = a.seed if a.data_seed is None else a.data_seed
-        train_set = load_train_set(a.data, seed=data_seed)
+        train_set = load_train_set(a.data, seed=a.data_order_seed)
         if is_main_process():
             print(train_set.summary(), flush=True)
-        train_records, val_records = split_validation(train_set.records, a.val_size, seed=data_seed)
+        train_records, val_records = split_validation(train_set.records, a.val_size, seed=a.data_order_seed)
         if a.limit is not None:
             train_records = train_records[: a.limit]
         if not train_records:
@@ -402,7 +406,7 @@ class FineTuneRecipe:
             eval_strategy="steps" if has_val else "no",
             eval_steps=(a.eval_steps or a.save_steps) if has_val else None,
             seed=a.seed,
-            data_seed=a.seed if a.data_seed is None else a.data_seed,
+            data_seed=a.data_order_seed,
             report_to="none",
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
