@@ -153,6 +153,14 @@ def test_ablation_options_become_flags():
     assert "--no-learn-curvature" in off.command(Path("/nonexistent"))
 
 
+def test_dora_evaluations_merge_after_the_first_stage():
+    dora = {stage: EvalJob(stage, "math", TrainJob(stage, "math", "dora", 1e-3, 1)) for stage in ("main-s0", "seeds")}
+    lora = EvalJob("seeds", "math", TrainJob("seeds", "math", "lora", 1e-3, 1))
+    assert "--merge" not in dora["main-s0"].command(Path("/nonexistent"))
+    assert "--merge" in dora["seeds"].command(Path("/nonexistent"))
+    assert "--merge" not in lora.command(Path("/nonexistent"))
+
+
 def test_eval_job_states(tmp_path):
     run = TrainJob("main-s0", "math", "lora", 1e-3, 0)
     job = EvalJob("main-s0", "math", run)

@@ -336,6 +336,22 @@ def test_cli_end_to_end_with_adapter_and_rerun(tiny_model_dir, tmp_path, capsys)
     assert all(r["generated"] == 2 for r in tuned["datasets"].values())
 
 
+def test_cli_merge_gives_the_unmerged_dora_outputs(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    adapter = tmp_path / "dora"
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True, init_lora_weights=False)
+    get_peft_model(tiny_model("llama"), config).save_pretrained(adapter)
+    outputs = {}
+    for merge in ([], ["--merge"]):
+        out = tmp_path / f"eval{len(merge)}"
+        assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), *merge, "--datasets", "svamp",
+                     "--limit", "3", "--max-new-tokens", "4", "--mode", "robust", "--output-dir", str(out)]) == 0
+        assert json.loads((out / "summary.json").read_text())["merged"] == bool(merge)
+        outputs[bool(merge)] = [item["output"] for item in read_items(out / "svamp.jsonl")]
+    assert outputs[True] == outputs[False] and len(outputs[True]) == 3
+
+
 def test_cli_mode_choices_match_the_library():
     assert eval_cli.MODES == ev.MODES
 
@@ -346,11 +362,22 @@ def test_cli_mode_choices_match_the_library():
     (["--datasets", "svamp", "--batch-size", "0"], "option batch_size"),
     (["--datasets", "svamp", "--adapter", "no/such/adapter"], "adapter_config.json"),
     (["--datasets", "svamp", "svamp"], "same set twice"),
+    (["--datasets", "svamp", "--merge"], "--merge: needs --adapter"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys, extra, message):
     assert main(["eval", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar of a model load, if any
     assert message in err and err.startswith("hyplora eval: error:")
+
+
+def test_cli_refuses_to_merge_hyplora(tiny_model_dir, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    _tiny_hyplora().save_pretrained(adapter)
+    out = tmp_path / "o"
+    assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--merge", "--datasets", "svamp",
+                 "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("hyplora eval: error: --merge:") and "HypLoRA" in err and not out.exists()
 
 
 def test_bad_files_and_options(tiny_llama, smollm2_tokenizer, tmp_path):

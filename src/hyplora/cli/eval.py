@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m",
                         help="HF id, local folder, .gguf, or smollm2-135m / gemma3-270m (default: %(default)s)")
     parser.add_argument("--adapter", default=None, help="HypLoRA / LoRA / DoRA adapter folder written by save_pretrained")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge a LoRA / DoRA adapter into the weights before decoding (same function up to "
+                             "rounding; DoRA then decodes as fast as the base model). HypLoRA cannot be merged")
     parser.add_argument("--datasets", nargs="+", required=True,
                         help="test sets (gsm8k svamp aqua mawps addsub multiarith singleeq boolq piqa siqa winogrande "
                              "arc-e arc-c obqa) or JSON/JSONL files; space- or comma-separated")
@@ -53,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from hyplora.errors import InputError
     from hyplora.evaluate import check_options, evaluate, markdown_table
     from hyplora.models import load_model
 
@@ -61,13 +65,21 @@ def run(args: argparse.Namespace) -> int:
                    max_new_tokens=args.max_new_tokens, num_beams=1 if args.greedy else args.num_beams,
                    prompt_template=args.prompt_template, levels_dir=args.levels_dir)
     check_options(datasets, **options)
+    if args.merge and args.adapter is None:
+        raise InputError("--merge: needs --adapter")
     model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     if args.adapter is not None:
         from hyplora import load_adapter
 
         model = load_adapter(model, args.adapter)
+        if args.merge:
+            if any(getattr(config, "use_hyplora", False) for config in model.peft_config.values()):
+                raise InputError(f"--merge: {args.adapter} is a HypLoRA adapter, which is not linear in its input "
+                                 "and cannot be merged; evaluate it unmerged")
+            model = model.merge_and_unload()
     summary = evaluate(model, tokenizer, datasets, **options,
-                       run_info={"model": args.model, "adapter": args.adapter, "dtype": args.dtype})
+                       run_info={"model": args.model, "adapter": args.adapter, "merged": args.merge,
+                                 "dtype": args.dtype})
     print(markdown_table(summary), end="")
     print(f"results in {args.output_dir} (summary.json, results.md, accuracy.png, <dataset>.jsonl)")
     return 0
