@@ -272,6 +272,28 @@ def comparison_section(results: Results, task: str, pooled: dict) -> list[str]:
     return lines
 
 
+def matched_rate_section(results: Results, task: str = "math") -> list[str]:
+    """Seed 0 of every method at the shared provisional learning rate: the comparison at one and the same rate."""
+    lr, datasets = DESIGN["provisional_lr"], DESIGN["tasks"][task]["test"]
+    scores = {}
+    for method in DESIGN["methods"]:
+        evaluation = results.evals.get(EvalJob("", task, TrainJob("", task, method, lr, 0)).name)
+        if evaluation is not None and all(ds in evaluation["items"] for ds in datasets):
+            scores[method] = np.concatenate([item_scores(evaluation, ds, results.excluded(task, ds)) for ds in datasets])
+    if not scores:
+        return [not_run(f"an evaluation at the shared rate {lr:g}")]
+    lines = [f"Every method at lr {lr:g}, seed 0 (the stage `main-s0`, before the grid chose per-method rates), pooled"
+             f" over {', '.join(datasets)}: " + ", ".join(f"{METHOD_LABELS[m]} {ci_cell(v)}" for m, v in scores.items())
+             + "."]
+    for a, b in COMPARISONS:
+        if a in scores and b in scores:
+            d, test = paired_bootstrap(scores[a], scores[b]), mcnemar_exact(scores[a], scores[b])
+            lines.append(f"- {METHOD_LABELS[a]} − {METHOD_LABELS[b]} at lr {lr:g}: {100 * d.difference:+.1f} points"
+                         f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}] ({d.n} items); {test.a_only} items only"
+                         f" {METHOD_LABELS[a]} right, {test.b_only} only {METHOD_LABELS[b]}, McNemar p = {test.p_value:.3g}.")
+    return lines
+
+
 def level_section(results: Results) -> list[str]:
     """Accuracy by HypLLM difficulty level, pooled over the slices that carry one."""
     datasets = [ds for ds in DESIGN["tasks"]["math"]["test"]
@@ -599,6 +621,10 @@ def write_report(results: Results, output: Path, figures: Path, work_dir: Path =
         "### Paired comparisons (same items)",
         "",
         *comparison_section(results, "math", math_pooled),
+        "",
+        "### The same learning rate for every method (seed 0)",
+        "",
+        *matched_rate_section(results),
         "",
         "### Accuracy by difficulty level",
         "",
