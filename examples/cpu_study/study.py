@@ -86,10 +86,11 @@ DESIGN = {
     "threads": 1,
     # one job per core, from this machine's jobs (results/compute.jsonl, load 2-5); the plan's estimates only. Math
     # evaluations of 700 items took 2.0-2.2 s per item for LoRA/HypLoRA, 3.1 for the base model (it rambles to the
-    # token limit) and 5.7 for DoRA (PEFT recomputes DoRA's weight norm at every decoding step)
+    # token limit) and 5.7 for unmerged DoRA at load 3-5; at load 2 (only the two runners): LoRA 1.3, HypLoRA 1.6,
+    # merged DoRA 1.1
     "seconds_per_step": 11.0,
     "seconds_per_val_example": 0.5,
-    "seconds_per_eval_item": {"math": 3.0, "commonsense": 1.0, "paper": 12.0},
+    "seconds_per_eval_item": {"math": 1.8, "commonsense": 1.0, "paper": 12.0},
     "seconds_load": 40.0,
 }
 # Timings behind the design choices, measured here on 2026-11-26 with other engineers' jobs running (load 5-8).
