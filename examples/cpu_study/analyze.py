@@ -272,14 +272,21 @@ def comparison_section(results: Results, task: str, pooled: dict) -> list[str]:
     return lines
 
 
-def matched_rate_section(results: Results, task: str = "math") -> list[str]:
-    """Seed 0 of every method at the shared provisional learning rate: the comparison at one and the same rate."""
+def matched_rate_scores(results: Results, task: str = "math") -> dict[str, np.ndarray]:
+    """Pooled per-item correctness of every method's seed-0 run at the shared provisional learning rate."""
     lr, datasets = DESIGN["provisional_lr"], DESIGN["tasks"][task]["test"]
     scores = {}
     for method in DESIGN["methods"]:
         evaluation = results.evals.get(EvalJob("", task, TrainJob("", task, method, lr, 0)).name)
         if evaluation is not None and all(ds in evaluation["items"] for ds in datasets):
             scores[method] = np.concatenate([item_scores(evaluation, ds, results.excluded(task, ds)) for ds in datasets])
+    return scores
+
+
+def matched_rate_section(results: Results, task: str = "math") -> list[str]:
+    """Seed 0 of every method at the shared provisional learning rate: the comparison at one and the same rate."""
+    lr, datasets = DESIGN["provisional_lr"], DESIGN["tasks"][task]["test"]
+    scores = matched_rate_scores(results, task)
     if not scores:
         return [not_run(f"an evaluation at the shared rate {lr:g}")]
     lines = [f"Every method at lr {lr:g}, seed 0 (the stage `main-s0`, before the grid chose per-method rates), pooled"
@@ -294,37 +301,58 @@ def matched_rate_section(results: Results, task: str = "math") -> list[str]:
     return lines
 
 
-def level_section(results: Results) -> list[str]:
-    """Accuracy by HypLLM difficulty level, pooled over the slices that carry one."""
+def leveled_items(results: Results) -> tuple[list[str], np.ndarray | None, dict]:
+    """The math slices that carry a HypLLM level, each pooled item's level, and each method's pooled matrix on them."""
     datasets = [ds for ds in DESIGN["tasks"]["math"]["test"]
                 if any(e["task"] == "math" and ds in e["items"] and "level" in e["items"][ds] for e in results.evals.values())]
     if not datasets:
-        return [not_run("an evaluation with difficulty levels (they need HypLLM's updated_level1.json files:"
-                        " run_study.py --levels-dir DIR or $HYPLORA_LEVELS_DIR)")]
+        return datasets, None, {}
     reference = next(e for e in results.evals.values() if e["task"] == "math" and all(
         ds in e["items"] and "level" in e["items"][ds] for ds in datasets))
     levels = np.concatenate([item_levels(reference, ds, results.excluded("math", ds)) for ds in datasets])
-    header = ["method", *(f"level {lv} (n={int(np.sum(levels == lv))})" for lv in np.unique(levels))]
-    rows, matrices = [], {}
+    matrices = {}
     for method in ("base", *DESIGN["methods"]):
         matrix, seeds = pooled_matrix(results, "math", method, datasets)
-        if not seeds:
-            continue
-        matrices[method] = (matrix, seeds)
-        scores = matrix.mean(axis=0)
-        rows.append([f"{METHOD_LABELS[method]} (seeds {','.join(map(str, seeds))})",
-                     *(ci_cell(scores[levels == lv]) for lv in np.unique(levels))])
+        if seeds:
+            matrices[method] = (matrix, seeds)
+    return datasets, levels, matrices
+
+
+def level_differences(results: Results, a: str = "hyplora", b: str = "lora") -> tuple[str, dict]:
+    """`a` − `b` per difficulty level (paired, on the seeds both have): a lead-in and `{level: PairedDifference}`."""
+    datasets, levels, matrices = leveled_items(results)
+    if levels is None or a not in matrices or b not in matrices:
+        return "", {}
+    ma, mb, seeds = paired_matrices(results, "math", a, b, datasets, matrices)
+    differences = {lv: paired_bootstrap(ma.mean(axis=0)[levels == lv], mb.mean(axis=0)[levels == lv])
+                   for lv in np.unique(levels)}
+    return (f"{METHOD_LABELS[a]} − {METHOD_LABELS[b]} by level (points, paired 95% interval, seeds"
+            f" {', '.join(map(str, seeds))})"), differences
+
+
+def difference_cell(d) -> str:
+    return f"{100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+
+
+def level_cells(differences: dict) -> str:
+    return "; ".join(f"level {lv} (n={d.n}): {difference_cell(d)}" for lv, d in differences.items())
+
+
+def level_section(results: Results) -> list[str]:
+    """Accuracy by HypLLM difficulty level, pooled over the slices that carry one."""
+    datasets, levels, matrices = leveled_items(results)
+    if levels is None:
+        return [not_run("an evaluation with difficulty levels (they need HypLLM's updated_level1.json files:"
+                        " run_study.py --levels-dir DIR or $HYPLORA_LEVELS_DIR)")]
+    header = ["method", *(f"level {lv} (n={int(np.sum(levels == lv))})" for lv in np.unique(levels))]
+    rows = [[f"{METHOD_LABELS[method]} (seeds {','.join(map(str, seeds))})",
+             *(ci_cell(matrix.mean(axis=0)[levels == lv]) for lv in np.unique(levels))]
+            for method, (matrix, seeds) in matrices.items()]
     lines = [f"Slices with a level: {', '.join(datasets)} (HypLLM's `updated_level1.json`; 0 = easiest).", "",
              *table(header, rows), ""]
-    if "hyplora" in matrices and "lora" in matrices:
-        ha, la, seeds = paired_matrices(results, "math", "hyplora", "lora", datasets, matrices)
-        cells = []
-        for lv in np.unique(levels):
-            mask = levels == lv
-            d = paired_bootstrap(ha.mean(axis=0)[mask], la.mean(axis=0)[mask])
-            cells.append(f"level {lv}: {100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
-        lines.append(f"HypLoRA − LoRA by level (points, paired 95% interval, seeds {', '.join(map(str, seeds))}): "
-                     + "; ".join(cells) + ".")
+    lead, differences = level_differences(results)
+    if differences:
+        lines.append(f"{lead}: {level_cells(differences)}.")
     return lines
 
 
@@ -480,6 +508,10 @@ def reference_section() -> list[str]:
     return lines
 
 
+def verdict(d) -> str:
+    return "wins" if d.low > 0 else "loses" if d.high < 0 else "ties (the interval includes 0: within noise)"
+
+
 def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[str]) -> list[str]:
     """Plain statements generated from the intervals: a difference counts only when its interval excludes 0."""
     lines = list(loss_statements)
@@ -490,10 +522,31 @@ def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[st
                 continue
             ma, mb, seeds = paired_matrices(results, task, a, b, datasets, pooled)
             d = paired_bootstrap(ma.mean(axis=0), mb.mean(axis=0))
-            verdict = "wins" if d.low > 0 else "loses" if d.high < 0 else "ties (the interval includes 0: within noise)"
             lines.append(f"{task.capitalize()}, {METHOD_LABELS[a]} vs {METHOD_LABELS[b]} over {d.n} items and"
-                         f" {len(seeds)} seed(s): {METHOD_LABELS[a]} {verdict}, {100 * d.difference:+.1f} points"
+                         f" {len(seeds)} seed(s): {METHOD_LABELS[a]} {verdict(d)}, {100 * d.difference:+.1f} points"
                          f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}].")
+        if "hyplora" in pooled and "lora" in pooled:
+            apart = []
+            for dataset in datasets:
+                xa, xb, _ = paired_matrices(results, task, "hyplora", "lora", (dataset,), pooled)
+                d = paired_bootstrap(xa.mean(axis=0), xb.mean(axis=0))
+                if d.low > 0 or d.high < 0:
+                    apart.append(f"{dataset} {difference_cell(d)}")
+            lines.append(f"{task.capitalize()}, HypLoRA − LoRA per slice: {len(apart)} of {len(datasets)} slice intervals"
+                         " exclude 0" + (f" ({'; '.join(apart)})" if apart else "") + f"; with {len(datasets)} slices"
+                         " and no correction for multiple comparisons, one such interval in twenty is expected by chance.")
+    matched = matched_rate_scores(results)
+    if "hyplora" in matched and "lora" in matched:
+        d = paired_bootstrap(matched["hyplora"], matched["lora"])
+        lines.append(f"Math at one shared learning rate ({DESIGN['provisional_lr']:g}, seed 0), HypLoRA vs LoRA over"
+                     f" {d.n} items: HypLoRA {verdict(d)}, {difference_cell(d)} points.")
+    lead, differences = level_differences(results)
+    if differences:
+        apart = [lv for lv, d in differences.items() if d.low > 0 or d.high < 0]
+        lines.append(f"Harder problems (the paper's claim is that HypLoRA gains most there): {lead}:"
+                     f" {level_cells(differences)}. "
+                     + (f"Intervals excluding 0 at level(s) {', '.join(map(str, apart))}." if apart
+                        else "No level's interval excludes 0: no evidence here for or against that claim."))
     if not lines:
         lines.append("Nothing to conclude yet: no method has been both trained and evaluated.")
     return [f"- {line}" for line in lines]
