@@ -304,6 +304,7 @@ def test_report_from_partial_results(tmp_path):
     matched = text.split("HypLoRA − LoRA at lr 0.001: ")[1].split("\n")[0]  # seed 0 at the shared rate
     assert matched.startswith("+") and "700 items" in matched and "0 only LoRA" in matched
     assert "HypLoRA − LoRA per slice: 7 of 7 slice intervals exclude 0" in text
+    assert "Not yet run: a commonsense training" in text
     assert "Harder problems" in text and "Intervals excluding 0 at level(s) 0, 1" in text
     assert "Slices with a level: svamp " in text and "HypLoRA − LoRA by level" in text
     assert "| scale-none | not yet run | not yet run |" in text  # HypLoRA's grid is complete, no ablation ran

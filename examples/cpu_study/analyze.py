@@ -400,6 +400,21 @@ def loss_section(results: Results) -> tuple[list[str], list[str]]:
     return table(header, rows), statements
 
 
+def commonsense_loss_line(results: Results) -> list[str]:
+    """Final validation loss of the commonsense runs (seed 0, each method at its math-chosen rate)."""
+    losses = {}
+    for method in DESIGN["methods"]:
+        lr, _ = results.lr(method)
+        run = results.runs.get(TrainJob("", "commonsense", method, lr, 0).name)
+        if run:
+            losses[method] = (run["result"]["val_loss"], lr)
+    if not losses:
+        return [not_run("a commonsense training")]
+    return ["Final validation loss on the commonsense mixture's validation split (seed 0, one run each): "
+            + ", ".join(f"{METHOD_LABELS[m]} {loss:.4f} (lr {lr:g})" for m, (loss, lr) in
+                        sorted(losses.items(), key=lambda kv: kv[1][0])) + "."]
+
+
 def paper_mode_section(results: Results) -> list[str]:
     spec = DESIGN["paper_slice"]
     rows = []
@@ -701,6 +716,8 @@ def write_report(results: Results, output: Path, figures: Path, work_dir: Path =
         "## Commonsense accuracy (robust mode, greedy)",
         "",
         *cs_lines,
+        "",
+        *commonsense_loss_line(results),
         "",
         *([f"![accuracy](" + str(rel / "accuracy_commonsense.png") + ")", ""] if cs_png else []),
         *comparison_section(results, "commonsense", cs_pooled),
