@@ -116,6 +116,17 @@ def test_numbers_are_correct_within_a_thousandth():
     assert is_correct("true", "true", "boolq") and not is_correct("True", "true", "boolq")
 
 
+def test_robust_response_drops_an_echoed_response_header(monkeypatch):
+    echoed = "\n                ### Response:\n                the correct answer is true"
+    assert robust_response(echoed) == "the correct answer is true"
+    assert robust_response("### Response: ###Response: 7\n### Instruction: more") == "7"
+    assert ev.extract_answer(echoed.split("### Response:")[0], "boolq", "paper") == ""  # what the paper's split keeps
+    key = {mode: ev.settings_key("f", mode=mode, num_beams=1, max_new_tokens=8) for mode in ev.MODES}
+    monkeypatch.setattr(ev, "ROBUST_CHANGES", ("another response rule", *ev.ROBUST_CHANGES[1:]))
+    assert ev.settings_key("f", mode="robust", num_beams=1, max_new_tokens=8) != key["robust"]  # cached cuts are stale
+    assert ev.settings_key("f", mode="paper", num_beams=1, max_new_tokens=8) == key["paper"]
+
+
 def test_robust_response_stops_at_the_next_alpaca_section():
     text = " The answer is 4.\n\n### Instruction:\nWhat is 7 + 1?\n\n### Response:\nThe answer is 8."
     assert robust_response(text) == "The answer is 4."

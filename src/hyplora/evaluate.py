@@ -66,8 +66,9 @@ PAPER_NOTES = (
     "(upstream left LoRA dropout active on CUDA) and prompts are batched with left padding.",
 )
 ROBUST_CHANGES = (
-    "response: the generated tokens only, special tokens skipped, cut at the next '### Instruction:', "
-    "'### Input:' or '### Response:' header (paper: decoded prompt+output split on '### Response:')",
+    "response: the generated tokens only, special tokens skipped, a leading echo of the '### Response:' header "
+    "dropped, cut at the next '### Instruction:', '### Input:' or '### Response:' header (paper: decoded "
+    "prompt+output split on '### Response:', so an echoed header leaves an empty response)",
     "numbers: the number right after the last 'answer is' / 'answer:' cue, else the last number; commas are "
     "removed only as thousands separators and a/b reads as a fraction (paper: every comma removed, last number)",
     "AQuA: the letter after the last 'answer is' / 'answer:' / 'option' cue or in \\boxed{}, else a response "
@@ -156,6 +157,7 @@ def _paper_label(response: str, labels: tuple[str, ...]) -> str:
 
 # ----------------------------------------------------------------------------- extraction: robust
 _SECTION_HEADER = re.compile(r"###\s*(?:Instruction|Input|Response)\s*:")
+_LEADING_RESPONSE_HEADERS = re.compile(r"^(?:\s*###\s*Response\s*:)+")
 _NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|(?<![\w.])-?\.\d+"
 _ROBUST_NUMBER = re.compile(_NUMBER)
 _ANSWER_CUE = r"(?i:answer\s+is|answer\s*:|answer\s*=)"
@@ -209,8 +211,9 @@ def _robust_label(response: str, labels: tuple[str, ...]) -> str:
 
 
 def robust_response(generated_text: str) -> str:
-    """The generated text up to the next Alpaca section header, stripped."""
-    return _SECTION_HEADER.split(generated_text, maxsplit=1)[0].strip()
+    """The generated text up to the next Alpaca section header, stripped, after any leading echo of the
+    prompt's own `### Response:` header (a model that repeats it before answering has still answered)."""
+    return _SECTION_HEADER.split(_LEADING_RESPONSE_HEADERS.sub("", generated_text), maxsplit=1)[0].strip()
 
 
 def extract_answer(response: str, dataset: "str | AnswerFormat", mode: str = "paper") -> "float | str":
@@ -443,8 +446,11 @@ def model_fingerprint(model) -> str:
 
 
 def settings_key(fingerprint: str, *, mode: str, num_beams: int, max_new_tokens: int) -> str:
-    """The key finished items are stored under; batch size is not part of it."""
+    """The key finished items are stored under; batch size is not part of it. Items keep the cut response, not the
+    raw generation, so the robust response rule is part of the key: changing it regenerates."""
     settings = {"model": fingerprint, "mode": mode, "num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    if mode == "robust":
+        settings["response_rule"] = ROBUST_CHANGES[0]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
