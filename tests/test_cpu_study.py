@@ -296,8 +296,15 @@ def test_report_from_partial_results(tmp_path):
             items = {ds: {"correct": c, **({"level": [i % 3 for i in range(n)]} if ds == "svamp" else {})}
                      for ds, c in flip.items()}
             path.write_text(json.dumps({"task": "math", "items": items}))
+    cs_n = DESIGN["tasks"]["commonsense"]["limit"]
+    for method, correct in (("lora", 1), ("base", 0)):  # right everywhere / wrong everywhere
+        run = None if method == "base" else TrainJob("", "commonsense", method, grid[1], 0)
+        (results / "evals" / f"{EvalJob('', 'commonsense', run).name}.json").write_text(json.dumps(
+            {"task": "commonsense", "items": {ds: {"correct": [correct] * cs_n} for ds in DESIGN["tasks"]["commonsense"]["test"]}}))
     output = tmp_path / "docs" / "results.md"
     text = analyze.write_report(analyze.Results(results), output, tmp_path / "docs" / "results", tmp_path / "work")
+    assert "base (no adapter) below; LoRA above." in text  # against always giving each slice's commonest answer
+    assert "| each slice's most frequent answer, always (no model) | — | — | 70.0 [" in text  # 70 of BoolQ's first 100 are true
     assert output.read_text() == text
     assert "HypLoRA wins" in text  # HypLoRA is right on every item LoRA is, and more
     assert "DoRA vs LoRA over" in text and "ties" in text.split("DoRA vs LoRA over")[1].split("\n")[0]
@@ -310,7 +317,7 @@ def test_report_from_partial_results(tmp_path):
     assert "| scale-none | not yet run | not yet run |" in text  # HypLoRA's grid is complete, no ablation ran
     assert (tmp_path / "docs" / "results" / "val_loss.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "accuracy_math.png").stat().st_size > 0
-    assert not (tmp_path / "docs" / "results" / "accuracy_commonsense.png").exists()
+    assert (tmp_path / "docs" / "results" / "accuracy_commonsense.png").stat().st_size > 0
 
 
 def test_grown_slice_is_copied_again_and_analysed_on_common_items(tmp_path):

@@ -220,6 +220,22 @@ def settings_section(results: Results) -> list[str]:
     return lines + [""]
 
 
+def constant_answer_scores(results: Results, task: str) -> dict[str, np.ndarray]:
+    """Per slice, the correctness of always giving that slice's most frequent gold answer (commonsense: labels)."""
+    from collections import Counter
+
+    from hyplora.data import load_test_set
+
+    scores = {}
+    for dataset in DESIGN["tasks"][task]["test"]:
+        n = results.slice_sizes.get((task, "robust", dataset), DESIGN["tasks"][task]["limit"])
+        golds = [record["answer"] for record in load_test_set(dataset, n)]
+        commonest = Counter(golds).most_common(1)[0][0]
+        excluded = results.excluded(task, dataset)
+        scores[dataset] = np.array([gold == commonest for i, gold in enumerate(golds) if i not in excluded], dtype=float)
+    return scores
+
+
 def main_table(results: Results, task: str) -> tuple[list[str], dict]:
     """Accuracy per slice and pooled, seed-averaged, with intervals; returns the lines and the pooled matrices."""
     datasets = DESIGN["tasks"][task]["test"]
@@ -241,6 +257,10 @@ def main_table(results: Results, task: str) -> tuple[list[str], dict]:
         seed_note = f" (seeds {', '.join(pct(v) for v in spread)})" if len(seeds) > 1 else ""
         lr = "—" if method == "base" else lr_label(*results.lr(method))
         rows.append([METHOD_LABELS[method], lr, ",".join(map(str, seeds)), *cells, ci_cell(matrix.mean(axis=0)) + seed_note])
+    if task == "commonsense":
+        constant = constant_answer_scores(results, task)
+        rows.append(["each slice's most frequent answer, always (no model)", "—", "—",
+                     *(ci_cell(constant[ds]) for ds in datasets), ci_cell(np.concatenate(list(constant.values())))])
     return table(header, rows), pooled
 
 
@@ -550,6 +570,16 @@ def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[st
             lines.append(f"{task.capitalize()}, HypLoRA − LoRA per slice: {len(apart)} of {len(datasets)} slice intervals"
                          " exclude 0" + (f" ({'; '.join(apart)})" if apart else "") + f"; with {len(datasets)} slices"
                          " and no correction for multiple comparisons, one such interval in twenty is expected by chance.")
+    if pooled_by_task.get("commonsense"):
+        constant = np.concatenate(list(constant_answer_scores(results, "commonsense").values())).mean()
+        placed = []
+        for method, (matrix, _) in pooled_by_task["commonsense"].items():
+            interval = accuracy_ci(matrix.mean(axis=0))
+            where = "above" if interval.low > constant else "below" if interval.high < constant else "level with"
+            placed.append(f"{METHOD_LABELS[method]} {where}")
+        lines.append(f"Commonsense, against always giving each slice's most frequent answer ({pct(constant)}% pooled;"
+                     f" above / below: the method's 95% interval excludes that score): {'; '.join(placed)}. A method"
+                     " not above it has shown no commonsense skill at this scale, whatever it scores against another.")
     matched = matched_rate_scores(results)
     if "hyplora" in matched and "lora" in matched:
         d = paired_bootstrap(matched["hyplora"], matched["lora"])
