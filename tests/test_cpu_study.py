@@ -296,6 +296,8 @@ def test_report_from_partial_results(tmp_path):
             items = {ds: {"correct": c, **({"level": [i % 3 for i in range(n)]} if ds == "svamp" else {})}
                      for ds, c in flip.items()}
             path.write_text(json.dumps({"task": "math", "items": items}))
+    ablation = TrainJob("", "math", "hyplora", grid[1], 0, "scale-none", (("input_scaling", "none"),))
+    (results / "runs" / f"{ablation.name}.json").write_text(json.dumps({"result": {"val_loss": 1.6}, "val_curve": []}))
     cs_n = DESIGN["tasks"]["commonsense"]["limit"]
     for method, correct in (("lora", 1), ("base", 0)):  # right everywhere / wrong everywhere
         run = None if method == "base" else TrainJob("", "commonsense", method, grid[1], 0)
@@ -314,7 +316,8 @@ def test_report_from_partial_results(tmp_path):
     assert "Not yet run: a commonsense training" in text
     assert "Harder problems" in text and "Intervals excluding 0 at level(s) 0, 1" in text
     assert "Slices with a level: svamp " in text and "HypLoRA − LoRA by level" in text
-    assert "| scale-none | not yet run | not yet run |" in text  # HypLoRA's grid is complete, no ablation ran
+    assert "| scale-none | 1.6000 | not yet run |" in text and "| k2 | not yet run | not yet run |" in text
+    assert "the default's sd 0.0100 over 3 seeds): scale-none +0.1000." in text
     assert (tmp_path / "docs" / "results" / "val_loss.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "accuracy_math.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "accuracy_commonsense.png").stat().st_size > 0

@@ -485,6 +485,26 @@ def ablation_section(results: Results) -> list[str]:
             *table(["variant", "final val loss", "pooled accuracy (%)", "− default (points, paired 95%)"], rows)]
 
 
+def ablation_statement(results: Results) -> list[str]:
+    """Each ablation's final validation loss minus the default's, against the default's seed-to-seed spread."""
+    lr, grid_done = results.lr("hyplora")
+    seeds = [results.runs.get(TrainJob("", "math", "hyplora", lr, seed).name) for seed in DESIGN["seeds"]]
+    if not grid_done or seeds[0] is None:
+        return []
+    default = seeds[0]["result"]["val_loss"]
+    losses = [run["result"]["val_loss"] for run in seeds if run]
+    changes = []
+    for variant, options in DESIGN["ablations"].items():
+        run = results.runs.get(TrainJob("", "math", "hyplora", lr, 0, variant, tuple(sorted(options.items()))).name)
+        if run:
+            changes.append(f"{variant} {run['result']['val_loss'] - default:+.4f}")
+    if not changes:
+        return []
+    spread = f"sd {np.std(losses, ddof=1):.4f} over {len(losses)} seeds" if len(losses) > 1 else "spread not measured"
+    return [f"HypLoRA ablations, final validation loss minus the default's (seed 0, one run each; the default's {spread}):"
+            f" {', '.join(changes)}."]
+
+
 def compute_section(results: Results) -> list[str]:
     d = DESIGN
     lines = [f"Every job runs with {d['threads']} thread(s) (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`). Timings measured while sizing the study"
@@ -580,6 +600,7 @@ def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[st
         lines.append(f"Commonsense, against always giving each slice's most frequent answer ({pct(constant)}% pooled;"
                      f" above / below: the method's 95% interval excludes that score): {'; '.join(placed)}. A method"
                      " not above it has shown no commonsense skill at this scale, whatever it scores against another.")
+    lines += ablation_statement(results)
     matched = matched_rate_scores(results)
     if "hyplora" in matched and "lora" in matched:
         d = paired_bootstrap(matched["hyplora"], matched["lora"])
