@@ -676,6 +676,11 @@ def plot_accuracy(results: Results, task: str, pooled: dict, path: Path) -> bool
         x = np.arange(len(groups)) + (k - (len(methods) - 1) / 2) * width
         axes.bar(x, estimates, width, yerr=[lows, highs], capsize=2, label=f"{METHOD_LABELS[method]}"
                  f" (seeds {','.join(map(str, pooled[method][1]))})")
+    if task == "commonsense":  # the score of always giving each slice's most frequent answer
+        constant = constant_answer_scores(results, task)
+        levels = [100 * constant[ds].mean() for ds in datasets] + [100 * np.concatenate(list(constant.values())).mean()]
+        axes.hlines(levels, np.arange(len(groups)) - 0.45, np.arange(len(groups)) + 0.45, colors="black",
+                    linestyles="dashed", linewidth=1, label="most frequent answer, always")
     axes.set_xticks(np.arange(len(groups)), groups)
     axes.set_ylim(0, min(100, max(10, axes.get_ylim()[1])))
     axes.set_ylabel("accuracy (%)")
