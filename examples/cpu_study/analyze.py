@@ -625,7 +625,7 @@ def plot_loss_curves(results: Results, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"lora": "#4c72b0", "dora": "#55a868", "hyplora": "#c44e52"}
+    colors = {"lora": "#4c72b0", "dora": "#55a868", "hyplora": "#c44e52"}  # DoRA dashed: it lies on LoRA here
     figure, axes = plt.subplots(figsize=(6.5, 4))
     drawn = False
     for method in DESIGN["methods"]:
@@ -634,7 +634,7 @@ def plot_loss_curves(results: Results, path: Path) -> bool:
             run = results.runs.get(TrainJob("", "math", method, lr, seed).name)
             if run and run["val_curve"]:
                 steps, losses = zip(*run["val_curve"])
-                axes.plot(steps, losses, "o-", color=colors[method], alpha=1.0 if seed == 0 else 0.5, markersize=3,
+                axes.plot(steps, losses, "o--" if method == "dora" else "o-", color=colors[method], alpha=1.0 if seed == 0 else 0.5, markersize=3,
                           label=f"{METHOD_LABELS[method]} lr {lr:g}" if seed == 0 else None)
                 drawn = True
     if not drawn:
@@ -642,7 +642,7 @@ def plot_loss_curves(results: Results, path: Path) -> bool:
         return False
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("validation loss (nats/token)")
-    axes.set_title("math mixture, held-out validation loss (seed 0 solid, seeds 1-2 faded)", fontsize="medium")
+    axes.set_title("math mixture, held-out validation loss (seed 0 opaque, seeds 1-2 faded; DoRA dashed)", fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
