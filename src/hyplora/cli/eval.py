@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
         model = load_adapter(model, args.adapter)
         if args.merge:
-            if any(getattr(config, "use_hyplora", False) for config in model.peft_config.values()):
-                raise InputError(f"--merge: {args.adapter} is a HypLoRA adapter, which is not linear in its input "
-                                 "and cannot be merged; evaluate it unmerged")
-            model = model.merge_and_unload()
+            try:
+                model = model.merge_and_unload()
+            except NotImplementedError as err:  # HypLoRA layers refuse merging before touching a weight
+                raise InputError(f"--merge: {args.adapter}: {err}") from None
     summary = evaluate(model, tokenizer, datasets, **options,
                        run_info={"model": args.model, "adapter": args.adapter, "merged": args.merge,
                                  "dtype": args.dtype})
