@@ -264,6 +264,15 @@ def main_table(results: Results, task: str) -> tuple[list[str], dict]:
     return table(header, rows), pooled
 
 
+def per_slice(results: Results, task: str, a: str, b: str, pooled: dict) -> dict:
+    """`{dataset: PairedDifference}` of `a` − `b` on each test slice, over the seeds both have."""
+    differences = {}
+    for dataset in DESIGN["tasks"][task]["test"]:
+        xa, xb, _ = paired_matrices(results, task, a, b, (dataset,), pooled)
+        differences[dataset] = paired_bootstrap(xa.mean(axis=0), xb.mean(axis=0))
+    return differences
+
+
 def comparison_section(results: Results, task: str, pooled: dict) -> list[str]:
     lines = []
     datasets = DESIGN["tasks"][task]["test"]
@@ -278,11 +287,7 @@ def comparison_section(results: Results, task: str, pooled: dict) -> list[str]:
             test = mcnemar_exact(ma[row], mb[row])
             per_seed.append(f"seed {seed}: {test.a_only} items only {METHOD_LABELS[a]} right, {test.b_only} only"
                             f" {METHOD_LABELS[b]}, McNemar p = {test.p_value:.3g}")
-        per_dataset = []
-        for dataset in datasets:
-            xa, xb, _ = paired_matrices(results, task, a, b, (dataset,), pooled)
-            d = paired_bootstrap(xa.mean(axis=0), xb.mean(axis=0))
-            per_dataset.append(f"{dataset} {100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
+        per_dataset = [f"{dataset} {difference_cell(d)}" for dataset, d in per_slice(results, task, a, b, pooled).items()]
         lines += [
             f"- **{METHOD_LABELS[a]} − {METHOD_LABELS[b]}** (seeds {', '.join(map(str, seeds))}, {diff.n} items):"
             f" {100 * diff.difference:+.1f} points, 95% paired-bootstrap interval [{100 * diff.low:+.1f}, {100 * diff.high:+.1f}],"
@@ -581,12 +586,8 @@ def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[st
                          f" {len(seeds)} seed(s): {METHOD_LABELS[a]} {verdict(d)}, {100 * d.difference:+.1f} points"
                          f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}].")
         if "hyplora" in pooled and "lora" in pooled:
-            apart = []
-            for dataset in datasets:
-                xa, xb, _ = paired_matrices(results, task, "hyplora", "lora", (dataset,), pooled)
-                d = paired_bootstrap(xa.mean(axis=0), xb.mean(axis=0))
-                if d.low > 0 or d.high < 0:
-                    apart.append(f"{dataset} {difference_cell(d)}")
+            apart = [f"{dataset} {difference_cell(d)}" for dataset, d in per_slice(results, task, "hyplora", "lora", pooled).items()
+                     if d.low > 0 or d.high < 0]
             lines.append(f"{task.capitalize()}, HypLoRA − LoRA per slice: {len(apart)} of {len(datasets)} slice intervals"
                          " exclude 0" + (f" ({'; '.join(apart)})" if apart else "") + f"; with {len(datasets)} slices"
                          " and no correction for multiple comparisons, one such interval in twenty is expected by chance.")
