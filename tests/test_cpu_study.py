@@ -12,6 +12,7 @@ STUDY_DIR = Path(__file__).resolve().parents[1] / "examples" / "cpu_study"
 sys.path.insert(0, str(STUDY_DIR))
 
 import analyze  # noqa: E402
+import input_norms  # noqa: E402
 import run_study  # noqa: E402
 import stats  # noqa: E402
 import study  # noqa: E402
@@ -294,6 +295,28 @@ def test_runner_logs_compute_stops_at_the_deadline(tmp_path):
     assert not (results / "runs").exists()
 
 
+# ----------------------------------------------------------------------------- input norms
+def test_input_norms_are_the_norms_each_target_layer_receives(tiny_llama):
+    import torch
+
+    class WordTokenizer:  # token ids from the text, so no tokenizer files are needed
+        def __call__(self, text, return_tensors, truncation, max_length):
+            return {"input_ids": torch.tensor([[len(word) % 100 for word in text.split()][:max_length]])}
+
+    norms = input_norms.input_norms(tiny_llama, WordTokenizer(), ["a bb ccc", "dddd ee"], ["q_proj", "down_proj"], 16)
+    layers = tiny_llama.config.num_hidden_layers
+    assert set(norms) == {"q_proj", "down_proj"}
+    assert norms["q_proj"][0] == tiny_llama.config.hidden_size and norms["q_proj"][1].shape == (layers * 5,)
+    assert norms["down_proj"][0] == tiny_llama.config.intermediate_size
+    captured = []
+    hook = tiny_llama.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda _, a: captured.append(a[0]))
+    with torch.no_grad():
+        tiny_llama(**WordTokenizer()("a bb ccc", None, True, 16))
+    hook.remove()
+    assert np.allclose(norms["q_proj"][1][:3], captured[0].norm(dim=-1).flatten().numpy(), rtol=1e-5)
+    assert not any(module._forward_pre_hooks for module in tiny_llama.modules())  # its hooks are removed
+
+
 # ----------------------------------------------------------------------------- report
 def test_report_from_partial_results(tmp_path):
     """Three seeds for LoRA and HypLoRA, one for DoRA, nothing else: tables, verdicts and figures follow the data."""
@@ -330,6 +353,11 @@ def test_report_from_partial_results(tmp_path):
             {"result": {"val_loss": 2.0 - correct}, "val_curve": [[1, 2.5], [2, 2.0 - correct]]}))
         (results / "evals" / f"{EvalJob('', 'math', run).name}.json").write_text(json.dumps(
             {"task": "math", "summary": {"model": gemma}, "items": {"svamp": {"correct": [correct] * 30}}}))
+    modules = {"q_proj": {"norm_p5_p50_p95": [4.0, 8.0, 10.0], "norm_max": 12.0, "share_clipped_none": 0.002,
+                          "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.06}},
+               "down_proj": {"norm_p5_p50_p95": [3.0, 8.0, 50.0], "norm_max": 2919.0, "share_clipped_none": 0.391,
+                             "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.02}}}
+    (results / "input_norms.json").write_text(json.dumps({"model": "m", "examples": 8, "clip": 11.09, "modules": modules}))
     output = tmp_path / "docs" / "results.md"
     text = analyze.write_report(analyze.Results(results), output, tmp_path / "docs" / "results", tmp_path / "work")
     assert "base (no adapter) below; LoRA above." in text  # against always giving each slice's commonest answer
@@ -346,6 +374,8 @@ def test_report_from_partial_results(tmp_path):
     assert "| scale-none | 1.6000 | not yet run |" in text and "| k2 | not yet run | not yet run |" in text
     assert "the default's sd 0.0100 over 3 seeds): scale-none +0.1000." in text
     assert f"svamp (n={n})" in text
+    assert "time 1.49e+03–1.49e+03 across the layers (`unit` 1.54, `rms` at most 1.06)" in text
+    assert "up to 39.1% of them (`down_proj`)" in text and "| `down_proj` | 3.00 | 8.00 | 50.00 | 2919.0 | 39.1 |" in text
     assert f"Secondary model ({gemma}, seed 0, one run each), final validation loss: HypLoRA 1.0000, LoRA 2.0000." in text
     assert "Secondary model, HypLoRA vs LoRA over 30 items: HypLoRA wins, +100.0 [+100.0, +100.0] points." in text
     assert "McNemar 30 vs 0 discordant items" in text

@@ -58,6 +58,7 @@ class Results:
         ledger = results_dir / "compute.jsonl"
         self.compute = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
         self.overlap = read_json(results_dir / "overlap.json") or {}
+        self.input_norms = read_json(results_dir / "input_norms.json")
         self.slice_sizes = self._common_prefixes()
 
     def _common_prefixes(self) -> dict:
@@ -490,7 +491,29 @@ def ablation_section(results: Results) -> list[str]:
             vs = "—"
         rows.append([label, loss, ci_cell(scores), vs])
     return [f"HypLoRA, seed 0, lr {lr:g}, one option changed at a time.", "",
-            *table(["variant", "final val loss", "pooled accuracy (%)", "− default (points, paired 95%)"], rows)]
+            *table(["variant", "final val loss", "pooled accuracy (%)", "− default (points, paired 95%)"], rows),
+            *input_norm_lines(results)]
+
+
+def input_norm_lines(results: Results) -> list[str]:
+    """What input scaling `none` feeds the exponential map (`input_norms.py`'s measurement), if it was measured."""
+    report = results.input_norms
+    if report is None:
+        return []
+    rows = [[f"`{name}`", *(f"{v:.2f}" for v in m["norm_p5_p50_p95"]), f"{m['norm_max']:.1f}",
+             f"{100 * m['share_clipped_none']:.1f}", *(f"{m['time_at_median'][s]:.3g}" for s in ("none", "unit", "rms"))]
+            for name, m in report["modules"].items()]
+    times = {s: [m["time_at_median"][s] for m in report["modules"].values()] for s in ("none", "unit", "rms")}
+    clipped = max(report["modules"].items(), key=lambda kv: kv[1]["share_clipped_none"])
+    return ["", f"Inputs of the adapted layers (`examples/cpu_study/input_norms.py`: `{report['model']}`, the first"
+            f" {report['examples']} training examples, every layer and token) and the exponential map's time coordinate"
+            " cosh‖u‖ (K = 1) at the median token for each input scaling at its initial scale. With `none` (u = x) the"
+            f" median token's point lies at time {min(times['none']):.3g}–{max(times['none']):.3g} across the layers"
+            f" (`unit` {max(times['unit']):.3g}, `rms` at most {max(times['rms']):.3g}), and tokens with ‖u‖ above"
+            f" {report['clip']:.2f} (`hyplora.lorentz.MAX_TANGENT_NORM`) are clipped, where the map no longer depends on"
+            f" ‖x‖: up to {100 * clipped[1]['share_clipped_none']:.1f}% of them (`{clipped[0]}`). This is what `none`"
+            " trained on; that it caused its failure is a reading, not a tested claim.", "",
+            *table(["layer", "‖x‖ 5%", "median", "95%", "max", "clipped with none (%)", "time: none", "unit", "rms"], rows)]
 
 
 def ablation_statement(results: Results) -> list[str]:

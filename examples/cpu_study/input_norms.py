@@ -1,0 +1,81 @@
+"""Norms of the inputs the study's adapted layers see, and what each HypLoRA input scaling makes of them.
+
+The `scale-none` ablation (u = x) scored below the base model. This measures what it fed the exponential map:
+the time coordinate is sqrt(K) cosh(|u|/sqrt(K)), and `hyplora.lorentz` clips |u| at sqrt(K) * MAX_TANGENT_NORM
+(~11.09), beyond which the map no longer depends on |u|. Writes `results/input_norms.json`; `analyze.py` quotes it.
+
+    python examples/cpu_study/input_norms.py          # SmolLM2-135M, the first 8 training examples, ~1 min
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study import DESIGN, RESULTS_DIR  # noqa: E402
+
+from hyplora.data import load_train_set  # noqa: E402
+from hyplora.lorentz import MAX_TANGENT_NORM  # noqa: E402
+from hyplora.models import load_model  # noqa: E402
+from hyplora.prompts import train_prompt  # noqa: E402
+
+N_EXAMPLES = 8
+
+
+def input_norms(model, tokenizer, texts: list[str], targets: list[str], cutoff_len: int) -> dict[str, tuple[int, np.ndarray]]:
+    """Per target module name (e.g. `q_proj`): its `in_features` and |x| of every token's input, all layers and texts."""
+    norms: dict[str, list] = {name: [] for name in targets}
+    in_features = {}
+    hooks = []
+    for module_name, module in model.named_modules():
+        target = module_name.rsplit(".", 1)[-1]
+        if target in norms:
+            in_features[target] = module.in_features
+            hooks.append(module.register_forward_pre_hook(
+                lambda _, args, target=target: norms[target].append(args[0].detach().norm(dim=-1).flatten())))
+    try:
+        with torch.no_grad():
+            for text in texts:
+                model(**tokenizer(text, return_tensors="pt", truncation=True, max_length=cutoff_len))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: (in_features[name], torch.cat(values).numpy()) for name, values in norms.items()}
+
+
+def main() -> int:
+    torch.set_num_threads(DESIGN["threads"])
+    targets = DESIGN["adapter"]["target_modules"].split(",")
+    records = load_train_set(DESIGN["tasks"]["math"]["train"], seed=DESIGN["schedule"]["data_seed"]).records[:N_EXAMPLES]
+    texts = [train_prompt(r["instruction"], r.get("input", ""), r["output"]) for r in records]
+    model, tokenizer = load_model(DESIGN["model"])
+    norms = input_norms(model, tokenizer, texts, targets, DESIGN["schedule"]["cutoff_len"])
+    report = {"model": DESIGN["model"], "examples": N_EXAMPLES, "clip": MAX_TANGENT_NORM, "modules": {}}
+    for name, (in_features, values) in norms.items():
+        low, median, high = (float(np.percentile(values, p)) for p in (5, 50, 95))
+        # K = 1 and the scale s at its initial 0: |u| = |x| (none), 1 (unit), |x|/sqrt(in) (rms)
+        report["modules"][name] = {
+            "tokens_x_layers": int(values.size), "in_features": in_features,
+            "norm_p5_p50_p95": [low, median, high], "norm_max": float(values.max()),
+            "time_at_median": {"none": math.cosh(min(median, MAX_TANGENT_NORM)), "unit": math.cosh(1.0),
+                               "rms": math.cosh(median / math.sqrt(in_features))},
+            "share_clipped_none": float(np.mean(values > MAX_TANGENT_NORM)),
+        }
+        print(f"{name:>10}: |x| median {median:8.2f}, 5-95% [{low:.2f}, {high:.2f}], max {values.max():.1f};"
+              f" clipped with u = x: {100 * report['modules'][name]['share_clipped_none']:.1f}%;"
+              f" time at the median: {report['modules'][name]['time_at_median']}")
+    path = RESULTS_DIR / "input_norms.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
