@@ -341,6 +341,8 @@ def test_report_from_partial_results(tmp_path):
             path.write_text(json.dumps({"task": "math", "summary": {"model": DESIGN["model"]}, "items": items}))
     ablation = TrainJob("", "math", "hyplora", grid[1], 0, "scale-none", (("input_scaling", "none"),))
     (results / "runs" / f"{ablation.name}.json").write_text(json.dumps({"result": {"val_loss": 1.6}, "val_curve": []}))
+    (results / "evals" / f"{EvalJob('', 'math', ablation).name}.json").write_text(json.dumps(
+        {"task": "math", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [0] * n} for ds in base}}))
     cs_n = DESIGN["tasks"]["commonsense"]["limit"]
     for method, correct in (("lora", 1), ("base", 0)):  # right everywhere / wrong everywhere
         run = None if method == "base" else TrainJob("", "commonsense", method, grid[1], 0)
@@ -371,7 +373,8 @@ def test_report_from_partial_results(tmp_path):
     assert "Not yet run: a commonsense training" in text
     assert "Harder problems" in text and "Intervals excluding 0 at level(s) 0, 1" in text
     assert "Slices with a level: svamp " in text and "HypLoRA − LoRA by level" in text
-    assert "| scale-none | 1.6000 | not yet run |" in text and "| k2 | not yet run | not yet run |" in text
+    assert "| scale-none | 1.6000 | 0.0 [0.0, 0.0] |" in text and "| k2 | not yet run | not yet run |" in text
+    assert "pooled math accuracy minus the default's (paired, same items): scale-none loses, " in text
     assert "the default's sd 0.0100 over 3 seeds): scale-none +0.1000." in text
     assert f"svamp (n={n})" in text
     assert "time 1.49e+03–1.49e+03 across the layers (`unit` 1.54, `rms` at most 1.06)" in text

@@ -466,30 +466,30 @@ def paper_mode_section(results: Results) -> list[str]:
             *table(["model", "paper mode (%)", "robust mode (%)", "same verdict (%)", "only paper / only robust right"], rows)]
 
 
+def ablation_results(results: Results, lr: float) -> dict[str, tuple]:
+    """Per variant (`""`: the default) at seed 0: its run summary, its pooled math scores, and the paired difference
+    of those from the default's; None where a job has not finished."""
+    datasets = DESIGN["tasks"]["math"]["test"]
+    found = {}
+    for variant, options in {"": {}, **DESIGN["ablations"]}.items():
+        job = TrainJob("", "math", "hyplora", lr, 0, variant, tuple(sorted(options.items())))
+        evaluation = results.evals.get(EvalJob("", "math", job).name)
+        scores = None if evaluation is None else np.concatenate(
+            [item_scores(evaluation, ds, results.excluded("math", ds)) for ds in datasets])
+        found[variant] = (results.runs.get(job.name), scores)
+    default = found[""][1]
+    return {variant: (run, scores, None if not variant or scores is None or default is None
+                      else paired_bootstrap(scores, default)) for variant, (run, scores) in found.items()}
+
+
 def ablation_section(results: Results) -> list[str]:
     lr, grid_done = results.lr("hyplora")
     if not grid_done:
         return [not_run("the ablations (they run at HypLoRA's grid-chosen learning rate)")]
-    datasets = DESIGN["tasks"]["math"]["test"]
-    reference = results.eval_for("math", "hyplora", 0)
     rows = []
-    variants = {"default (unit, K = 1 fixed)": ("", ())}
-    variants.update({name: (name, tuple(sorted(opts.items()))) for name, opts in DESIGN["ablations"].items()})
-    for label, (variant, options) in variants.items():
-        run = results.runs.get(TrainJob("", "math", "hyplora", lr, 0, variant, options).name)
-        evaluation = results.evals.get(EvalJob("", "math", TrainJob("", "math", "hyplora", lr, 0, variant, options)).name)
-        loss = f"{run['result']['val_loss']:.4f}" if run else "not yet run"
-        if evaluation is None:
-            rows.append([label, loss, "not yet run", ""])
-            continue
-        scores = np.concatenate([item_scores(evaluation, ds, results.excluded("math", ds)) for ds in datasets])
-        if variant and reference is not None:
-            ref = np.concatenate([item_scores(reference, ds, results.excluded("math", ds)) for ds in datasets])
-            d = paired_bootstrap(scores, ref)
-            vs = f"{100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
-        else:
-            vs = "—"
-        rows.append([label, loss, ci_cell(scores), vs])
+    for variant, (run, scores, d) in ablation_results(results, lr).items():
+        rows.append([variant or "default (unit, K = 1 fixed)", f"{run['result']['val_loss']:.4f}" if run else "not yet run",
+                     "not yet run" if scores is None else ci_cell(scores), "—" if d is None else difference_cell(d)])
     return [f"HypLoRA, seed 0, lr {lr:g}, one option changed at a time.", "",
             *table(["variant", "final val loss", "pooled accuracy (%)", "− default (points, paired 95%)"], rows),
             *input_norm_lines(results)]
@@ -524,16 +524,19 @@ def ablation_statement(results: Results) -> list[str]:
         return []
     default = seeds[0]["result"]["val_loss"]
     losses = [run["result"]["val_loss"] for run in seeds if run]
-    changes = []
-    for variant, options in DESIGN["ablations"].items():
-        run = results.runs.get(TrainJob("", "math", "hyplora", lr, 0, variant, tuple(sorted(options.items()))).name)
-        if run:
-            changes.append(f"{variant} {run['result']['val_loss'] - default:+.4f}")
+    ablations = {variant: found for variant, found in ablation_results(results, lr).items() if variant}
+    changes = [f"{variant} {run['result']['val_loss'] - default:+.4f}" for variant, (run, _, _) in ablations.items() if run]
     if not changes:
         return []
     spread = f"sd {np.std(losses, ddof=1):.4f} over {len(losses)} seeds" if len(losses) > 1 else "spread not measured"
-    return [f"HypLoRA ablations, final validation loss minus the default's (seed 0, one run each; the default's {spread}):"
-            f" {', '.join(changes)}."]
+    lines = [f"HypLoRA ablations, final validation loss minus the default's (seed 0, one run each; the default's {spread}):"
+             f" {', '.join(changes)}."]
+    accuracy = {variant: d for variant, (_, _, d) in ablations.items() if d is not None}
+    if accuracy:
+        lines.append("HypLoRA ablations, pooled math accuracy minus the default's (paired, same items): "
+                     + "; ".join(f"{variant} {verdict(d, explain=False)}, {difference_cell(d)}" for variant, d in accuracy.items())
+                     + ". Only a variant whose interval excludes 0 differs from the default beyond noise.")
+    return lines
 
 
 def secondary_section(results: Results) -> tuple[list[str], list[str]]:
@@ -634,8 +637,10 @@ def reference_section() -> list[str]:
     return lines
 
 
-def verdict(d) -> str:
-    return "wins" if d.low > 0 else "loses" if d.high < 0 else "ties (the interval includes 0: within noise)"
+def verdict(d, explain: bool = True) -> str:
+    if d.low > 0 or d.high < 0:
+        return "wins" if d.low > 0 else "loses"
+    return "ties (the interval includes 0: within noise)" if explain else "ties"
 
 
 def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[str], secondary: list[str]) -> list[str]:
