@@ -229,6 +229,15 @@ def test_secondary_model_jobs_are_named_and_run_on_that_model(tmp_path):
     assert train.estimate_s() > TrainJob("", "math", "lora", 1e-3, 0).estimate_s()  # the plan uses the model's own rates
 
 
+def test_smoke_design_shrinks_every_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "DESIGN", dict(DESIGN))
+    study.use_smoke_design()
+    jobs = study.unique_jobs(study.stages(tmp_path))
+    assert {job.limit for job in jobs if job.kind == "eval"} <= {2, 4}
+    assert all(job.estimate_s() < 300 for job in jobs if job.kind == "train")
+    assert DESIGN["secondary"]["limit"] == 50  # the real design is untouched
+
+
 def _claim(selected, work, results, skip=frozenset()):
     job, lock = run_study.claim_next_job(selected, work, results, set(skip))
     lock.release()

@@ -127,6 +127,7 @@ SMOKE = {
     "lr_grid": (1e-3, 3e-3),
     "tasks": {task: {**spec, "limit": 4} for task, spec in DESIGN["tasks"].items()},
     "paper_slice": {**DESIGN["paper_slice"], "limit": 2},
+    "secondary": {**DESIGN["secondary"], "limit": 4},
 }
 
 
