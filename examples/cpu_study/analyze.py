@@ -587,7 +587,7 @@ def compute_section(results: Results) -> list[str]:
              " 17:38 UTC on 2026-11-26 two runners share the study, one job per core, so the load is at least 2."
              f" For the secondary model ({d['secondary']['model']}): {d['secondary']['seconds_per_step']:g} s per step,"
              f" {d['secondary']['seconds_per_val_example']:g} s per validation example (measured at load 3) and"
-             f" {d['secondary']['seconds_per_eval_item']:g} s per item (extrapolated from 36 s per item at batch 10).", ""]
+             f" {d['secondary']['seconds_per_eval_item']['math']:g} s per math item (extrapolated from 36 s per item at batch 10).", ""]
     if not results.compute:
         return lines + [not_run("any job (no compute log yet)")]
     done = [r for r in results.compute if r["status"] == "done"]

@@ -106,7 +106,7 @@ DESIGN = {
         "limit": 50,
         "seconds_per_step": 40.0,
         "seconds_per_val_example": 3.4,
-        "seconds_per_eval_item": 12.0,
+        "seconds_per_eval_item": {"math": 12.0},
     },
 }
 # Timings behind the design choices, measured here on 2026-11-26 with other engineers' jobs running (load 5-8).
@@ -314,9 +314,7 @@ class EvalJob:
 
     def estimate_s(self, work_dir: Path | None = None) -> float:
         """Seconds to run this evaluation (items already generated are not counted off)."""
-        per_item = _rates(self.model)["seconds_per_eval_item"]
-        if isinstance(per_item, dict):
-            per_item = per_item["paper" if self.protocol == "paper" else self.task]
+        per_item = _rates(self.model)["seconds_per_eval_item"]["paper" if self.protocol == "paper" else self.task]
         return DESIGN["seconds_load"] + len(self.datasets) * self.limit * per_item
 
 
