@@ -594,8 +594,9 @@ def compute_section(results: Results) -> list[str]:
              + f" and {d['seconds_load']:g} s to start a job: the first jobs' wall times (below) at load 2-5. From"
              " 17:38 UTC on 2026-11-26 two runners share the study, one job per core, so the load is at least 2."
              f" For the secondary model ({d['secondary']['model']}): {d['secondary']['seconds_per_step']:g} s per step,"
-             f" {d['secondary']['seconds_per_val_example']:g} s per validation example (measured at load 3) and"
-             f" {d['secondary']['seconds_per_eval_item']['math']:g} s per math item (extrapolated from 36 s per item at batch 10).", ""]
+             f" {d['secondary']['seconds_per_val_example']:g} s per validation example and"
+             f" {d['secondary']['seconds_per_eval_item']['math']:g} s per math item (trained adapters 3.0, the base model"
+             " 6.4: its first jobs, load 2-3).", ""]
     if not results.compute:
         return lines + [not_run("any job (no compute log yet)")]
     done = [r for r in results.compute if r["status"] == "done"]

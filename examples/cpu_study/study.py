@@ -96,19 +96,19 @@ DESIGN = {
     "seconds_per_eval_item": {"math": 1.8, "commonsense": 1.0, "paper": 12.0},
     "seconds_load": 40.0,
     # Gemma 3 270M base, as far as the budget allows: a two-point grid (the rates the primary grid chose), one seed, the
-    # same schedule; evaluated on shorter slices (its vocabulary is 262k tokens against SmolLM2's
-    # 49k: 5x the output logits per decoding step). Its rates are this machine's, at load 3: a training step 40 s, a validation
-    # example 3.4 s, 10 items decoded to the 256-token limit (an untrained adapter) at batch 10 36 s per item; batch 50
-    # decodes ~3x more items per second (as for the primary model), hence 12
+    # same schedule; evaluated on shorter slices (its vocabulary is 262k tokens against SmolLM2's 49k: 5x the output
+    # logits per decoding step). Its rates, from its first jobs at load 2-3: a training 26 min wall (5 validation
+    # passes of 92 s: 2.3 s per example, so ~22 s per step); 50 SVAMP items in 2.5 min for a trained adapter (3.0 s per
+    # item), 5.3 min for the base model, which decodes every item to the 256-token limit (6.4 s per item)
     "secondary": {
         "model": "gemma3-270m",
         "methods": ("lora", "hyplora"),
         "lr_grid": (1e-3, 3e-3),
         "test": ("svamp", "mawps", "gsm8k", "aqua", "multiarith", "addsub", "singleeq"),
         "limit": 50,
-        "seconds_per_step": 40.0,
-        "seconds_per_val_example": 3.4,
-        "seconds_per_eval_item": {"math": 12.0},
+        "seconds_per_step": 22.0,
+        "seconds_per_val_example": 2.3,
+        "seconds_per_eval_item": {"math": 4.0},
     },
 }
 # Timings behind the design choices, measured here on 2026-11-26 with other engineers' jobs running (load 5-8).
