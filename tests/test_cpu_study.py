@@ -282,6 +282,18 @@ def test_a_second_runner_skips_the_job_the_first_holds_and_waits_when_none_is_le
     assert _claim(("main-s0",), work, results) == "math-lora-lr1e-3-s0"
 
 
+def test_a_grid_another_runner_finished_but_not_yet_copied_unblocks_its_evaluations(tmp_path):
+    work, results = tmp_path / "work", tmp_path / "results"
+    secondary = DESIGN["secondary"]
+    for method in secondary["methods"]:
+        for lr, loss in zip(secondary["lr_grid"], (1.4, 1.5)):
+            fake_train(TrainJob("", "math", method, lr, 0, model=secondary["model"]).folder(work), val_loss=loss)
+    job, lock = run_study.claim_next_job(("secondary",), work, results, set())
+    lock.release()
+    assert job.name == f"{secondary['model']}-math-lora-lr{study._lr_tag(secondary['lr_grid'][0])}-s0--robust"
+    assert study.secondary_lr("hyplora", results) == secondary["lr_grid"][0]
+
+
 def test_sync_results_copies_compact_summaries(tmp_path):
     work, results = tmp_path / "work", tmp_path / "results"
     run = TrainJob("main-s0", "math", "hyplora", 1e-3, 0)

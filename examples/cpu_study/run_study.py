@@ -208,12 +208,14 @@ def claim_next_job(selected: tuple[str, ...], work_dir: Path, results_dir: Path,
     """The first job of the selected stages that can run now and that no other runner holds, with its lock held.
 
     Returns `(job, lock)`, or `(None, others)` where `others` counts the runnable jobs other runners hold.
-    The job list is rebuilt every time: a finished learning-rate grid unblocks the later stages. The lock is a
+    The job list is rebuilt every time, after copying the summaries of jobs finished since (another runner's
+    training may be done before that runner has copied it): a finished learning-rate grid unblocks later jobs. The lock is a
     `filelock` file per job under `work_dir/locks`: the OS releases it when its runner dies, so two runners (one
     per core) share a study and a crashed one never leaves a job claimed.
     """
     from filelock import FileLock, Timeout
 
+    sync_results(unique_jobs(stages(results_dir), STAGES), work_dir, results_dir)
     others = 0
     for job in unique_jobs(stages(results_dir), selected):
         if job.name in skip or job.state(work_dir) not in ("new", "partial"):
