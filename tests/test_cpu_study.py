@@ -387,7 +387,7 @@ def test_report_from_partial_results(tmp_path):
                 {"result": {"val_loss": loss}, "val_curve": [[1, 2.5], [2, loss]]}))
         (results / "evals" / f"{EvalJob('', 'math', TrainJob('', 'math', method, secondary_grid[0], 0, model=gemma)).name}.json").write_text(json.dumps(
             {"task": "math", "summary": {"model": gemma},
-             "items": {ds: {"correct": [correct] * 30} for ds in DESIGN["secondary"]["test"]}}))
+             "items": {ds: {"correct": [correct] * 30, "level": [0] * 30} for ds in DESIGN["secondary"]["test"]}}))
     modules = {"q_proj": {"norm_p5_p50_p95": [4.0, 8.0, 10.0], "norm_max": 12.0, "share_clipped_none": 0.002,
                           "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.06}},
                "down_proj": {"norm_p5_p50_p95": [3.0, 8.0, 50.0], "norm_max": 2919.0, "share_clipped_none": 0.391,

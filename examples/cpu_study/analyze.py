@@ -333,12 +333,12 @@ def matched_rate_section(results: Results, task: str = "math") -> list[str]:
 
 def leveled_items(results: Results) -> tuple[list[str], np.ndarray | None, dict]:
     """The math slices that carry a HypLLM level, each pooled item's level, and each method's pooled matrix on them."""
+    math_evals = [e for e in results.evals.values() if e["task"] == "math" and e["summary"]["model"] == DESIGN["model"]]
     datasets = [ds for ds in DESIGN["tasks"]["math"]["test"]
-                if any(e["task"] == "math" and ds in e["items"] and "level" in e["items"][ds] for e in results.evals.values())]
+                if any(ds in e["items"] and "level" in e["items"][ds] for e in math_evals)]
     if not datasets:
         return datasets, None, {}
-    reference = next(e for e in results.evals.values() if e["task"] == "math" and all(
-        ds in e["items"] and "level" in e["items"][ds] for ds in datasets))
+    reference = next(e for e in math_evals if all(ds in e["items"] and "level" in e["items"][ds] for ds in datasets))
     levels = np.concatenate([item_levels(reference, ds, results.excluded("math", ds)) for ds in datasets])
     matrices = {}
     for method in ("base", *DESIGN["methods"]):
