@@ -388,6 +388,8 @@ def test_report_from_partial_results(tmp_path):
         (results / "evals" / f"{EvalJob('', 'math', TrainJob('', 'math', method, secondary_grid[0], 0, model=gemma)).name}.json").write_text(json.dumps(
             {"task": "math", "summary": {"model": gemma},
              "items": {ds: {"correct": [correct] * 30, "level": [0] * 30} for ds in DESIGN["secondary"]["test"]}}))
+    (results / "evals" / f"{EvalJob('', 'math', None, model=gemma).name}.json").write_text(json.dumps(
+        {"task": "math", "summary": {"model": gemma}, "items": {ds: {"correct": [0] * 30} for ds in DESIGN["secondary"]["test"]}}))
     modules = {"q_proj": {"norm_p5_p50_p95": [4.0, 8.0, 10.0], "norm_max": 12.0, "share_clipped_none": 0.002,
                           "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.06}},
                "down_proj": {"norm_p5_p50_p95": [3.0, 8.0, 50.0], "norm_max": 2919.0, "share_clipped_none": 0.391,
@@ -418,6 +420,7 @@ def test_report_from_partial_results(tmp_path):
     assert f"Secondary model, HypLoRA vs LoRA over {k} items: HypLoRA wins, +100.0 [+100.0, +100.0] points." in text
     assert f"| HypLoRA | 1.0000 | 2.5000 | {secondary_grid[0]:g} | 100.0 [100.0, 100.0] |" in text
     assert f"McNemar {k} vs 0 discordant items" in text
+    assert "each method − the base model on the same items: LoRA ties, +0.0 [+0.0, +0.0]; HypLoRA wins, +100.0" in text
     assert (tmp_path / "docs" / "results" / "val_loss_secondary.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "val_loss.png").stat().st_size > 0
     assert (tmp_path / "docs" / "results" / "accuracy_math.png").stat().st_size > 0

@@ -581,6 +581,11 @@ def secondary_section(results: Results) -> tuple[list[str], list[str]]:
                       f" {test.a_only} vs {test.b_only} discordant items, p = {test.p_value:.3g}."]
         statements.append(f"Secondary model, HypLoRA vs LoRA over {d.n} items: HypLoRA {verdict(d)},"
                           f" {difference_cell(d)} points.")
+    if "base" in scores and len(scores) > 1:
+        against_base = {m: paired_bootstrap(scores[m], scores["base"]) for m in spec["methods"] if m in scores}
+        statements.append("Secondary model, each method − the base model on the same items: " + "; ".join(
+            f"{METHOD_LABELS[m]} {verdict(d, explain=False)}, {difference_cell(d)}" for m, d in against_base.items())
+            + ". Where fine-tuning does not beat the base model, the accuracy comparison has little to resolve.")
     return lines, statements
 
 
