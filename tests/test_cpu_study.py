@@ -348,6 +348,15 @@ def test_input_norms_are_the_norms_each_target_layer_receives(tiny_llama):
     assert not any(module._forward_pre_hooks for module in tiny_llama.modules())  # its hooks are removed
 
 
+def test_time_coordinate_follows_the_layers_own_input_scaling_and_clip():
+    from hyplora.lorentz import MAX_TANGENT_NORM
+
+    assert input_norms.time_coordinate(8.0, "none", 576) == pytest.approx(math.cosh(8.0))
+    assert input_norms.time_coordinate(8.0, "unit", 576) == pytest.approx(math.cosh(1.0))
+    assert input_norms.time_coordinate(48.0, "rms", 576) == pytest.approx(math.cosh(2.0))
+    assert input_norms.time_coordinate(50.0, "none", 576) == pytest.approx(math.cosh(MAX_TANGENT_NORM))
+
+
 # ----------------------------------------------------------------------------- report
 def test_report_from_partial_results(tmp_path):
     """Three seeds for LoRA and HypLoRA, one for DoRA, nothing else: tables, verdicts and figures follow the data."""

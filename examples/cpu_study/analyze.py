@@ -106,6 +106,13 @@ def item_scores(evaluation: dict, dataset: str, excluded: set[int]) -> np.ndarra
     return np.array([c for i, c in enumerate(correct) if i not in excluded], dtype=float)
 
 
+def pooled_scores(results: Results, evaluation: dict | None, task: str, datasets) -> np.ndarray | None:
+    """One evaluation's correctness over `datasets`, concatenated; None unless it exists and covers them all."""
+    if evaluation is None or not set(datasets) <= set(evaluation["items"]):
+        return None
+    return np.concatenate([item_scores(evaluation, ds, results.excluded(task, ds)) for ds in datasets])
+
+
 def item_levels(evaluation: dict, dataset: str, excluded: set[int]) -> np.ndarray | None:
     levels = evaluation["items"][dataset].get("level")
     return None if levels is None else np.array([lv for i, lv in enumerate(levels) if i not in excluded])
@@ -308,8 +315,8 @@ def matched_rate_scores(results: Results, task: str = "math") -> dict[str, np.nd
     scores = {}
     for method in DESIGN["methods"]:
         evaluation = results.evals.get(EvalJob("", task, TrainJob("", task, method, lr, 0)).name)
-        if evaluation is not None and all(ds in evaluation["items"] for ds in datasets):
-            scores[method] = np.concatenate([item_scores(evaluation, ds, results.excluded(task, ds)) for ds in datasets])
+        if (pooled := pooled_scores(results, evaluation, task, datasets)) is not None:
+            scores[method] = pooled
     return scores
 
 
@@ -474,9 +481,7 @@ def ablation_results(results: Results, lr: float) -> dict[str, tuple]:
     found = {}
     for variant, options in {"": {}, **DESIGN["ablations"]}.items():
         job = TrainJob("", "math", "hyplora", lr, 0, variant, tuple(sorted(options.items())))
-        evaluation = results.evals.get(EvalJob("", "math", job).name)
-        scores = None if evaluation is None else np.concatenate(
-            [item_scores(evaluation, ds, results.excluded("math", ds)) for ds in datasets])
+        scores = pooled_scores(results, results.evals.get(EvalJob("", "math", job).name), "math", datasets)
         found[variant] = (results.runs.get(job.name), scores)
     default = found[""][1]
     return {variant: (run, scores, None if not variant or scores is None or default is None
@@ -555,8 +560,8 @@ def secondary_section(results: Results) -> tuple[list[str], list[str]]:
         if method == "base" or lr is not None:
             job = None if method == "base" else TrainJob("", "math", method, lr, 0, model=model)
             evaluation = results.evals.get(EvalJob("", "math", job, model=model).name)
-            if evaluation is not None and set(datasets) <= set(evaluation["items"]):
-                scores[method] = np.concatenate([item_scores(evaluation, ds, results.excluded("math", ds)) for ds in datasets])
+            if (pooled := pooled_scores(results, evaluation, "math", datasets)) is not None:
+                scores[method] = pooled
         rows.append([METHOD_LABELS[method],
                      *(["—"] * len(grid) if method == "base" else
                        [f"{run['result']['val_loss']:.4f}" if run else "not yet run" for run in losses]),

@@ -10,7 +10,6 @@ the time coordinate is sqrt(K) cosh(|u|/sqrt(K)), and `hyplora.lorentz` clips |u
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -22,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import DESIGN, RESULTS_DIR  # noqa: E402
 
 from hyplora.data import load_train_set  # noqa: E402
-from hyplora.lorentz import MAX_TANGENT_NORM  # noqa: E402
+from hyplora.layer import tangent_scale  # noqa: E402
+from hyplora.lorentz import MAX_TANGENT_NORM, expmap0_scalars  # noqa: E402
 from hyplora.models import load_model  # noqa: E402
 from hyplora.prompts import train_prompt  # noqa: E402
 
@@ -50,6 +50,13 @@ def input_norms(model, tokenizer, texts: list[str], targets: list[str], cutoff_l
     return {name: (in_features[name], torch.cat(values).numpy()) for name, values in norms.items()}
 
 
+def time_coordinate(norm: float, input_scaling: str, in_features: int) -> float:
+    """The exponential map's time coordinate (K = 1) for an input of norm `norm`, the learned scale s at its initial 0."""
+    norm = torch.tensor([norm], dtype=torch.float64)
+    tangent_norm = tangent_scale(norm, input_scaling, torch.zeros((), dtype=torch.float64), in_features) * norm
+    return float(expmap0_scalars(tangent_norm, torch.ones((), dtype=torch.float64))[0])
+
+
 def main() -> int:
     torch.set_num_threads(DESIGN["threads"])
     targets = DESIGN["adapter"]["target_modules"].split(",")
@@ -60,12 +67,10 @@ def main() -> int:
     report = {"model": DESIGN["model"], "examples": N_EXAMPLES, "clip": MAX_TANGENT_NORM, "modules": {}}
     for name, (in_features, values) in norms.items():
         low, median, high = (float(np.percentile(values, p)) for p in (5, 50, 95))
-        # K = 1 and the scale s at its initial 0: |u| = |x| (none), 1 (unit), |x|/sqrt(in) (rms)
         report["modules"][name] = {
             "tokens_x_layers": int(values.size), "in_features": in_features,
             "norm_p5_p50_p95": [low, median, high], "norm_max": float(values.max()),
-            "time_at_median": {"none": math.cosh(min(median, MAX_TANGENT_NORM)), "unit": math.cosh(1.0),
-                               "rms": math.cosh(median / math.sqrt(in_features))},
+            "time_at_median": {scaling: time_coordinate(median, scaling, in_features) for scaling in ("none", "unit", "rms")},
             "share_clipped_none": float(np.mean(values > MAX_TANGENT_NORM)),
         }
         print(f"{name:>10}: |x| median {median:8.2f}, 5-95% [{low:.2f}, {high:.2f}], max {values.max():.1f};"
