@@ -14,18 +14,20 @@ A naive ``logmap0(expmap0(x))`` around a Euclidean LoRA cancels to plain LoRA; h
 the time coordinate too and each result is lifted back onto the manifold, so the map is not Euclidean.
 
 :func:`hyplora_forward` computes the same thing without building the ``(in+1)``-wide concatenation:
-with ``A = [a0 | A_s]``, ``n = |u|`` and ``u = c x`` (``c`` a per-token scalar from the input scaling),
+with ``A = [a0 | A_s]``, each row scaled to ``v = x/max|x|`` (so nothing overflows) and ``u = g v`` (``g`` a
+per-token gain from the input scaling), ``n = |u|``,
 
 .. math::
-    A z = \sqrt K\cosh(n/\sqrt K)\, a_0 + \sigma\, (x A_s^\top), \qquad
-    \sigma = c\,\sqrt K \sinh(n/\sqrt K)/n,
+    A z = \sqrt K\cosh(n/\sqrt K)\, a_0 + \sigma\, (v A_s^\top), \qquad
+    \sigma = g\,\sqrt K \sinh(n/\sqrt K)/n,
 
 and ``logmap0(lift(y))[1:] = arsinhc(|y|/sqrt(K)) y``. Two autograd functions keep the big tensors
 out of the graph: :class:`_ProjectA` (the ``A_s`` matmul and ``|x|``) and :class:`_ProjectBLogmap`
 (the ``B`` matmul, the log map and the residual add), whose backward never needs ``y = z B^T``.
-Everything in the branch is float32 whatever the model dtype.
+Everything in the branch is float32 (float64 for a float64 model) whatever the model dtype or autocast.
 """
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -49,17 +51,21 @@ _UNIT_EPS = 1e-2
 _PSI_TAYLOR_BELOW = 0.1
 
 
-def tangent_scale(norm: torch.Tensor, input_scaling: str, log_scale: Optional[torch.Tensor], in_features: int):
-    r"""Per-token factor ``c`` of the tangent vector ``u = c x`` from ``|x|`` (``norm``).
+def tangent_scale(norm: torch.Tensor, input_scaling: str, log_scale: Optional[torch.Tensor], in_features: int,
+                  row_max: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r"""Per-token gain ``g`` of the tangent vector ``u = g v`` with ``v = x/m`` (``m = row_max``, default 1), ``norm = |v|``.
 
-    ``none``: :math:`c = 1`; ``unit``: :math:`c = \min(e^s, 10)/\max(|x|, 10^{-2})`; ``rms``: :math:`c = e^{-s}/\sqrt{in}`.
+    ``none``: :math:`u = x`; ``unit``: :math:`u = x\,\min(e^s, 10)/\max(|x|, 10^{-2})`; ``rms``:
+    :math:`u = x\,e^{-s}/\sqrt{in}`. Written in ``v`` and ``m`` so that no ``|x| = m|v|`` is formed: it
+    overflows float32 for ``|x| > 3.4e38`` while ``|v| <= sqrt(in)``.
     """
+    m = torch.ones_like(norm) if row_max is None else row_max
     if input_scaling == "none":
-        return torch.ones_like(norm)
+        return m
     if input_scaling == "unit":
-        return log_scale.exp().clamp_max(10.0) / norm.clamp_min(_UNIT_EPS)
+        return log_scale.exp().clamp_max(10.0) / torch.maximum(norm, _UNIT_EPS / m)
     if input_scaling == "rms":
-        return (-log_scale).exp() / math.sqrt(in_features) * torch.ones_like(norm)
+        return (-log_scale).exp() / math.sqrt(in_features) * m
     raise ValueError(f"unknown input_scaling {input_scaling!r}")
 
 
@@ -77,25 +83,31 @@ def arsinhc_slope(t: torch.Tensor) -> torch.Tensor:
 
 
 class _ProjectA(torch.autograd.Function):
-    """``(x, A_s) -> (x A_s^T, |x|)`` row-wise; the backward adds the norm's gradient to ``dx`` in place."""
+    """``(x, A_s, 1/m) -> (v A_s^T, |v|)`` row-wise with ``v = x/m``; ``v`` is recomputed in the backward, not saved.
+
+    The backward adds the norm's gradient to ``dx`` in place; ``m`` is a constant (see :func:`hyplora_forward`).
+    """
 
     @staticmethod
-    def forward(ctx, x, weight_space):
-        norm = torch.linalg.vector_norm(x, dim=-1)
-        ctx.save_for_backward(x, weight_space, norm)
-        return F.linear(x, weight_space), norm
+    def forward(ctx, x, weight_space, inv_max):
+        v = x * inv_max.unsqueeze(-1)
+        norm = torch.linalg.vector_norm(v, dim=-1)
+        ctx.save_for_backward(x, weight_space, inv_max, norm)
+        return F.linear(v, weight_space), norm
 
     @staticmethod
-    def backward(ctx, grad_xa, grad_norm):
-        x, weight_space, norm = ctx.saved_tensors
+    def backward(ctx, grad_va, grad_norm):
+        x, weight_space, inv_max, norm = ctx.saved_tensors
+        v = x * inv_max.unsqueeze(-1)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_xa @ weight_space
-            if grad_norm is not None:  # d|x|/dx = x/|x|, and 0 at x = 0
-                grad_x.addcmul_(x, torch.where(norm > 0, grad_norm / norm, 0.0).unsqueeze(-1))
+            grad_v = grad_va @ weight_space
+            if grad_norm is not None:  # d|v|/dv = v/|v|, and 0 at v = 0
+                grad_v.addcmul_(v, torch.where(norm > 0, grad_norm / norm, 0.0).unsqueeze(-1))
+            grad_x = grad_v.mul_(inv_max.unsqueeze(-1))
         if ctx.needs_input_grad[1]:
-            grad_w = grad_xa.T @ x
-        return grad_x, grad_w
+            grad_w = grad_va.T @ v
+        return grad_x, grad_w, None
 
 
 class _ProjectBLogmap(torch.autograd.Function):
@@ -148,6 +160,24 @@ def _in_compute_dtype(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> tupl
     return tuple(None if t is None else t.to(dtype) for t in (x, *tensors))
 
 
+def without_autocast(branch):
+    """Run ``branch(result, x, ...)`` with autocast off on ``x``'s device: it computes in its own dtype.
+
+    Under autocast, ops inside an autograd Function's forward are still cast (``F.linear`` to bf16) while its
+    saved float32 weights are not, and the backward then mixes dtypes; the branch casts explicitly instead.
+    """
+
+    @functools.wraps(branch)
+    def run(result, x, *args, **kwargs):
+        if not torch.is_autocast_enabled(x.device.type):
+            return branch(result, x, *args, **kwargs)
+        with torch.autocast(x.device.type, enabled=False):
+            return branch(result, x, *args, **kwargs)
+
+    return run
+
+
+@without_autocast
 def hyplora_forward(
     result: torch.Tensor,
     x: torch.Tensor,
@@ -159,16 +189,24 @@ def hyplora_forward(
     input_scaling: str,
     log_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``result + delta(x)`` of the module docstring, fused; ``x`` already dropped out. Shapes ``(..., in)``."""
-    x, weight_a, weight_b, sqrt_k, log_scale = _in_compute_dtype(x.reshape(-1, x.shape[-1]), weight_a, weight_b, sqrt_k, log_scale)
-    xa, norm = _ProjectA.apply(x, weight_a[:, 1:])
-    c = tangent_scale(norm, input_scaling, log_scale, x.shape[-1])
-    time, space_scale = lorentz.expmap0_scalars(c * norm, sqrt_k)
-    h = torch.addcmul(time.unsqueeze(-1) * weight_a[:, 0], (space_scale * c).unsqueeze(-1), xa)
+    """``result + delta(x)`` of the module docstring, fused; ``x`` already dropped out. Shapes ``(..., in)``.
+
+    Each row is divided by its largest entry ``m`` (a constant for autograd: the branch depends on ``x`` only
+    through ``u``, so the gradient is exact), so no norm or matmul overflows for any finite ``x``.
+    """
+    x, weight_a, weight_b, sqrt_k, log_scale = _in_compute_dtype(
+        x.reshape(-1, x.shape[-1]), weight_a, weight_b, sqrt_k, log_scale
+    )
+    row_max = x.detach().abs().amax(-1).clamp_min(torch.finfo(x.dtype).tiny)
+    va, norm = _ProjectA.apply(x, weight_a[:, 1:], row_max.reciprocal())
+    gain = tangent_scale(norm, input_scaling, log_scale, x.shape[-1], row_max)
+    time, space_scale = lorentz.expmap0_scalars(norm, sqrt_k, gain)
+    h = torch.addcmul(time.unsqueeze(-1) * weight_a[:, 0], space_scale.unsqueeze(-1), va)
     z = torch.cat([((h * h).sum(-1, keepdim=True) + sqrt_k * sqrt_k).sqrt(), h], dim=-1)
     return _ProjectBLogmap.apply(result, z, weight_b, sqrt_k, scaling)
 
 
+@without_autocast
 def hyplora_forward_literal(
     result: torch.Tensor,
     x: torch.Tensor,

@@ -107,15 +107,22 @@ def expmap0(u: torch.Tensor, *, k) -> torch.Tensor:
     return torch.cat([time, space_scale * space], dim=-1)
 
 
-def expmap0_scalars(norm: torch.Tensor, sqrt_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Time coordinate and space factor of :func:`expmap0` from the tangent norm ``n``.
+def expmap0_scalars(norm: torch.Tensor, sqrt_k: torch.Tensor, gain=None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Time coordinate and space factor of :func:`expmap0` of ``u = g v`` from ``n = |v|`` (``g = gain``, default 1).
 
-    Returns :math:`(\sqrt K\cosh(\bar n/\sqrt K),\ \sqrt K\sinh(\bar n/\sqrt K)/n)` with the clipped
-    :math:`\bar n = \min(n, \sqrt K\,\mathrm{MAX\_TANGENT\_NORM})`; the factor is 1 at ``n = 0``.
+    Returns :math:`(\sqrt K\cosh(\bar n/\sqrt K),\ \sigma)` with :math:`\exp_o(u)_s = \sigma v`,
+    :math:`\sigma = g\sqrt K\sinh(\bar n/\sqrt K)/(g n)` and the clipped
+    :math:`\bar n = \min(g n, \sqrt K\,\mathrm{MAX\_TANGENT\_NORM})`. Past the clip
+    :math:`\sigma = \sinh(\ldots)\sqrt K/n` needs no :math:`g n`, so a row scaled to ``v = x/max|x|`` stays
+    finite whatever ``|x|``; :math:`\sigma = g` at ``n = 0``.
     """
     limit = sqrt_k * MAX_TANGENT_NORM
-    theta = torch.minimum(norm, limit) / sqrt_k
-    return sqrt_k * torch.cosh(theta), sinhc(theta) * (limit / torch.maximum(norm, limit))
+    gain = torch.ones_like(norm) if gain is None else gain
+    tangent_norm = gain * norm
+    over = tangent_norm > limit
+    theta = torch.minimum(tangent_norm, limit) / sqrt_k
+    factor = torch.where(over, limit / torch.where(over, norm, torch.ones_like(norm)), gain)
+    return sqrt_k * torch.cosh(theta), sinhc(theta) * factor
 
 
 def logmap0(x: torch.Tensor, *, k) -> torch.Tensor:

@@ -1,0 +1,130 @@
+"""HypLoRA under mixed precision: every model dtype x autocast mode, values and gradients against float32.
+
+The branch must compute in float32 whatever autocast says, return the frozen layer's dtype, and stay finite
+for input norms from 0 to the dtype's largest finite value.
+"""
+
+import os
+from collections import OrderedDict
+
+import pytest
+import torch
+from peft import get_peft_model
+from torch import nn
+
+from hyplora import HypLoraConfig
+from hyplora.layer import hyplora_forward, hyplora_forward_literal
+
+DEVICE = torch.device(os.environ.get("HYPLORA_TEST_DEVICE", "cpu"))
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCASTS = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# x's gradient leaves the branch in the model dtype: its error is that dtype's rounding (eps = 2**-8 for bf16,
+# 2**-11 for fp16) of the largest entry. The adapter's own gradients are float32 parameters: float32 noise.
+X_GRAD_RTOL = {torch.float32: 1e-4, torch.bfloat16: 2**-7, torch.float16: 2**-10}
+PARAM_GRAD_RTOL = 1e-4
+
+
+def autocast(dtype):
+    if dtype is None:
+        return torch.autocast(DEVICE.type, enabled=False)
+    return torch.autocast(DEVICE.type, dtype=dtype)
+
+
+def hyplora_linear(dtype, input_scaling, d_in=32, d_out=24, r=4):
+    torch.manual_seed(0)
+    base = nn.Sequential(OrderedDict(lin=nn.Linear(d_in, d_out))).to(DEVICE, dtype)
+    config = HypLoraConfig(r=r, lora_alpha=8, target_modules=["lin"], input_scaling=input_scaling, learn_curvature=True)
+    model = get_peft_model(base, config)
+    layer = model.base_model.model.lin
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0.0, 0.3)
+        if input_scaling != "none":
+            layer.lora_input_scale["default"].weight.fill_(0.2)
+    return model, layer
+
+
+def exactly_representable_weights(shape, dtype):
+    """An upstream gradient that every dtype holds exactly, so only the branch's own rounding is compared."""
+    return torch.linspace(-1, 1, int(torch.tensor(shape).prod())).reshape(shape).to(torch.bfloat16).to(dtype)
+
+
+@pytest.mark.parametrize("input_scaling", ["unit", "rms", "none"])
+@pytest.mark.parametrize("autocast_name", list(AUTOCASTS))
+@pytest.mark.parametrize("model_dtype", list(DTYPES))
+def test_forward_and_gradients_equal_the_float32_literal_form(model_dtype, autocast_name, input_scaling):
+    dtype, amp = DTYPES[model_dtype], AUTOCASTS[autocast_name]
+    model, layer = hyplora_linear(dtype, input_scaling)
+    x = (torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1)) * 3).to(DEVICE, dtype).requires_grad_()
+    with autocast(amp):
+        out = model(x)
+        result = layer.base_layer(x)
+    expected_dtype = result.dtype  # the frozen layer's output dtype under this autocast
+    assert out.dtype == expected_dtype
+    params = {
+        "A": layer.lora_A["default"].weight,
+        "B": layer.lora_B["default"].weight,
+        "k": layer.lora_curvature["default"].weight,
+    }
+    if input_scaling != "none":
+        params["s"] = layer.lora_input_scale["default"].weight
+    weights = exactly_representable_weights(out.shape, out.dtype)
+    grads = torch.autograd.grad((out * weights).float().sum(), [x, *params.values()])
+    (base_grad_x,) = torch.autograd.grad((result * weights).float().sum(), x)
+
+    # the literal form, float32 throughout, on the same (model-dtype) inputs and the same base output
+    leaves = {name: p.detach().float().clone().requires_grad_() for name, p in params.items()}
+    x32 = x.detach().float().requires_grad_()
+    literal = hyplora_forward_literal(
+        torch.zeros_like(result, dtype=torch.float32),
+        x32,
+        leaves["A"],
+        leaves["B"],
+        sqrt_k=torch.nn.functional.softplus(leaves["k"]).squeeze(0).sqrt(),
+        scaling=layer.scaling["default"],
+        input_scaling=input_scaling,
+        log_scale=leaves.get("s"),
+    )
+    want_grads = torch.autograd.grad((literal * weights.float()).sum(), [x32, *leaves.values()])
+
+    delta = out.float() - result.float()
+    out_eps = torch.finfo(out.dtype).eps
+    torch.testing.assert_close(delta, literal, rtol=0, atol=2 * out_eps * out.float().abs().max().item() + 1e-6)
+    got_x, want_x = grads[0].float() - base_grad_x.float(), want_grads[0]  # the branch's share
+    x_scale = grads[0].float().abs().max().item()  # both terms are rounded to the model dtype at this size
+    torch.testing.assert_close(got_x, want_x, rtol=0, atol=X_GRAD_RTOL[dtype] * x_scale)
+    for name, got, want in zip(params, grads[1:], want_grads[1:]):
+        assert got.dtype == torch.float32, name
+        torch.testing.assert_close(
+            got, want, rtol=0, atol=PARAM_GRAD_RTOL * want.abs().max().item() + 1e-6, msg=lambda m: f"{name}: {m}"
+        )
+
+
+@pytest.mark.parametrize("input_scaling", ["unit", "rms", "none"])
+@pytest.mark.parametrize("autocast_name", list(AUTOCASTS))
+@pytest.mark.parametrize("model_dtype", list(DTYPES))
+def test_finite_from_zero_to_the_largest_finite_input(model_dtype, autocast_name, input_scaling):
+    dtype, amp = DTYPES[model_dtype], AUTOCASTS[autocast_name]
+    d_in, d_out, r = 32, 24, 4
+    top = torch.finfo(dtype).max
+    g = torch.Generator().manual_seed(2)
+    direction = torch.randn(8, d_in, generator=g)
+    direction = direction / direction.abs().amax(-1, keepdim=True)  # largest entry 1: scaled below never overflows
+    magnitudes = torch.tensor([0.0, torch.finfo(dtype).tiny, 1e-3, 1.0, 1e4, top / 1e4, top / 2, top])
+    x = (direction * magnitudes.unsqueeze(-1)).to(DEVICE, dtype)
+    x[-1, 0] = top  # a row at the largest finite value itself
+    assert torch.isfinite(x).all()
+    x.requires_grad_()
+    a = (torch.randn(r, d_in + 1, generator=g) / d_in**0.5).to(DEVICE).requires_grad_()
+    b = (torch.randn(d_out, r + 1, generator=g) * 0.3).to(DEVICE).requires_grad_()
+    sqrt_k = torch.tensor(1.0, device=DEVICE, requires_grad=True)
+    log_scale = torch.zeros(1, device=DEVICE, requires_grad=True)
+    result = torch.zeros(8, d_out, device=DEVICE, dtype=dtype, requires_grad=True)
+    with autocast(amp):
+        out = hyplora_forward(result, x, a, b, sqrt_k=sqrt_k, scaling=2.0, input_scaling=input_scaling,
+                              log_scale=log_scale if input_scaling != "none" else None)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all(), out
+    leaves = [x, a, b, sqrt_k] + ([log_scale] if input_scaling != "none" else [])
+    grads = torch.autograd.grad(out.float().sum(), leaves)
+    for name, grad in zip(["x", "A", "B", "K", "s"], grads):
+        assert torch.isfinite(grad).all(), name
