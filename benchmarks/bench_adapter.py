@@ -8,7 +8,7 @@ Two measurements, each the median of repeats after warm-up, methods interleaved 
    adapters on q,k,v,up,down.
 
 Methods: ``lora`` (PEFT LoRA), ``hyplora`` (this library), ``literal`` (the concatenation form written out with
-`hyplora.lorentz`). Memory: bytes of tensors saved for backward (exact), and for the step also the peak RSS
+`hyplora.adapter.lorentz`). Memory: bytes of tensors saved for backward (exact), and for the step also the peak RSS
 during one step (after warm-up) of a fresh process per method (peak allocated CUDA memory on a GPU).
 
     python benchmarks/bench_adapter.py                      # the figures in benchmarks/README.md
@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hyplora.layer import HypLoraLinear, HypLoraLinearVariant, hyplora_forward, hyplora_forward_literal
+from hyplora.adapter.layer import HypLoraLinear, HypLoraLinearVariant, hyplora_forward, hyplora_forward_literal
 
 METHODS = ("lora", "hyplora", "literal")
 
@@ -89,12 +89,22 @@ def step_model(method: str, args, device, dtype):
 
     torch.manual_seed(0)
     config = LlamaConfig(  # SmolLM2-135M
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True,
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config).to(device, dtype)
-    common = dict(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.05,
-                  target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"])
+    common = dict(
+        r=args.rank,
+        lora_alpha=2 * args.rank,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    )
     cfg = LoraConfig(**common) if method == "lora" else HypLoraConfig(input_scaling="rms", **common)
     model = get_peft_model(model, cfg)
     if method == "literal":  # swap this model's variants only; the class keeps the fused forward
@@ -181,12 +191,12 @@ def run_step(args, device, dtype):
 
 def table(title, medians, memory_cols):
     print(f"\n{title}")
-    header = f"| method | median ms | x LoRA | " + " | ".join(f"{c} | x LoRA" for c in memory_cols) + " |"
+    header = "| method | median ms | x LoRA | " + " | ".join(f"{c} | x LoRA" for c in memory_cols) + " |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for m in METHODS:
         cells = [f"{medians[m] * 1e3:.1f}", f"{medians[m] / medians['lora']:.2f}"]
-        for col, values in memory_cols.items():
+        for values in memory_cols.values():
             cells += [f"{values[m] / 2**20:.1f} MiB", f"{values[m] / values['lora']:.3f}"]
         print(f"| {m} | " + " | ".join(cells) + " |")
 
@@ -215,14 +225,22 @@ def main():
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; dtype {args.dtype}; torch {torch.__version__}")
     medians, memory = run_branch(args, device, dtype)
-    table(f"branch fwd+bwd: tokens={args.tokens}, in=out={args.dim}, r={args.rank} (median of {args.repeats})",
-          medians, {"saved for backward": memory})
+    table(
+        f"branch fwd+bwd: tokens={args.tokens}, in=out={args.dim}, r={args.rank} (median of {args.repeats})",
+        medians,
+        {"saved for backward": memory},
+    )
     if not args.skip_step:
         medians, memory = run_step(args, device, dtype)
-        table(f"training step: SmolLM2-135M shape, {args.batch}x{args.seq} tokens, r={args.rank} on q,k,v,up,down "
-              f"(median of {args.step_repeats})", medians,
-              {"activations": {m: v["activations"] for m, v in memory.items()},
-               "peak": {m: v["peak"] for m, v in memory.items()}})
+        table(
+            f"training step: SmolLM2-135M shape, {args.batch}x{args.seq} tokens, r={args.rank} on q,k,v,up,down "
+            f"(median of {args.step_repeats})",
+            medians,
+            {
+                "activations": {m: v["activations"] for m, v in memory.items()},
+                "peak": {m: v["peak"] for m, v in memory.items()},
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from hyplora.analysis.hyperbolicity import delta_hyperbolicity, gromov_products, pairwise_distances
+from hyplora.geometry.hyperbolicity import delta_hyperbolicity, gromov_products, pairwise_distances
 
 TARGETS_S = {2000: 5.0, 5000: 60.0}
 
@@ -57,8 +57,10 @@ def main() -> None:
     parser.add_argument("--rows-max-n", type=int, default=2000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; d = {args.dim}; median of {args.repeats}")
+    print(
+        f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; d = {args.dim}; median of {args.repeats}"
+    )
     header = f"{'n':>6} | {'hyplora s':>9} | {'numpy broadcast s':>17} | {'ratio':>6} | {'numpy rows s':>12} | {'ratio':>6} | target"
     print(header)
     print("-" * len(header))
@@ -68,7 +70,10 @@ def main() -> None:
         ours_s, ours = median_time(partial(delta_hyperbolicity, points), args.repeats)
         products = gromov_products(pairwise_distances(points), 0).numpy()
         cells = []
-        for fn, fits in ((numpy_broadcast_delta, 8 * n**3 <= args.numpy_memory_gb * 2**30), (numpy_rows_delta, n <= args.rows_max_n)):
+        for fn, fits in (
+            (numpy_broadcast_delta, 8 * n**3 <= args.numpy_memory_gb * 2**30),
+            (numpy_rows_delta, n <= args.rows_max_n),
+        ):
             if not fits:
                 cells.append(f"{'-':>17} | {'-':>6}" if fn is numpy_broadcast_delta else f"{'-':>12} | {'-':>6}")
                 continue

@@ -2,7 +2,7 @@
 
 Methods, all greedy with 256 new tokens on SmolLM2-135M-Instruct (`load_model("smollm2-135m")`), fp32:
 
-- ``hyplora``: `hyplora.evaluate.evaluate(..., mode="paper", num_beams=1)`, the whole evaluation
+- ``hyplora``: `hyplora.harness.evaluation.evaluate(..., mode="paper", num_beams=1)`, the whole evaluation
   (tokenising, length-sorted batches, preallocated KV cache, finished rows dropped, JSONL writes).
 - ``reference``: LLM-Adapters / HypLLM `evaluate.py` re-implemented as written: one item at a time,
   `generate(use_cache=False)` (every step re-runs the whole sequence), `output_scores=True`, the decoded
@@ -37,10 +37,10 @@ import torch
 from transformers import GenerationConfig
 from transformers.utils import logging as hf_logging
 
-from hyplora.data import load_test_set
-from hyplora.evaluate import evaluate, extract_answer, generate_greedy, read_items
-from hyplora.models import load_model
-from hyplora.prompts import RESPONSE_SPLIT, eval_prompt
+from hyplora.harness.base_models import load_model
+from hyplora.harness.data import load_test_set
+from hyplora.harness.evaluation import evaluate, extract_answer, generate_greedy, read_items
+from hyplora.harness.prompts import RESPONSE_SPLIT, eval_prompt
 
 
 def peak_matmul_gflops(size: int = 2048, repeats: int = 7) -> float:
@@ -68,29 +68,48 @@ def reference_loop(model, tokenizer, records, max_new_tokens: int) -> tuple[list
         inputs = tokenizer(eval_prompt(record["instruction"]), return_tensors="pt")
         config = GenerationConfig(temperature=0.1, top_p=0.75, top_k=40, num_beams=1)  # sampling is off: ignored
         with torch.no_grad():
-            output = model.generate(input_ids=inputs["input_ids"], generation_config=config, return_dict_in_generate=True,
-                                    output_scores=True, max_new_tokens=max_new_tokens, use_cache=False)
+            output = model.generate(
+                input_ids=inputs["input_ids"],
+                generation_config=config,
+                return_dict_in_generate=True,
+                output_scores=True,
+                max_new_tokens=max_new_tokens,
+                use_cache=False,
+            )
         sequence = output.sequences[0]
         response = tokenizer.decode(sequence).split(RESPONSE_SPLIT)[1].strip()
-        results.append({"tokens": sequence[inputs["input_ids"].shape[1]:].tolist(), "response": response,
-                        "prompt_length": inputs["input_ids"].shape[1]})
+        results.append(
+            {
+                "tokens": sequence[inputs["input_ids"].shape[1] :].tolist(),
+                "response": response,
+                "prompt_length": inputs["input_ids"].shape[1],
+            }
+        )
     return results, time.perf_counter() - start
 
 
-def plain_batched_loop(model, tokenizer, records, batch_size: int, max_new_tokens: int) -> tuple[list[list[int]], float]:
+def plain_batched_loop(
+    model, tokenizer, records, batch_size: int, max_new_tokens: int
+) -> tuple[list[list[int]], float]:
     """`generate` with the KV cache on left-padded batches in file order."""
     eos = tokenizer.eos_token_id
     outputs, start = [], time.perf_counter()
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for first in range(0, len(records), batch_size):
-            prompts = [eval_prompt(r["instruction"]) for r in records[first:first + batch_size]]
+            prompts = [eval_prompt(r["instruction"]) for r in records[first : first + batch_size]]
             inputs = tokenizer(prompts, return_tensors="pt", padding=True)
             with torch.inference_mode():
-                sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-            for row in sequences[:, inputs["input_ids"].shape[1]:].tolist():
-                outputs.append(row[:row.index(eos) + 1] if eos in row else row)
+                sequences = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                )
+            for row in sequences[:, inputs["input_ids"].shape[1] :].tolist():
+                outputs.append(row[: row.index(eos) + 1] if eos in row else row)
     finally:
         tokenizer.padding_side = padding_side
     return outputs, time.perf_counter() - start
@@ -102,18 +121,34 @@ def one_at_a_time_cached(model, tokenizer, records, max_new_tokens: int) -> list
     for record in records:
         ids = tokenizer(eval_prompt(record["instruction"]), return_tensors="pt")["input_ids"]
         with torch.inference_mode():
-            row = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)[0]
-        outputs.append(row[ids.shape[1]:].tolist())
+            row = model.generate(
+                input_ids=ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )[0]
+        outputs.append(row[ids.shape[1] :].tolist())
     return outputs
 
 
 def hyplora_evaluation(model, tokenizer, items: int, batch_size: int, max_new_tokens: int) -> tuple[list[dict], float]:
-    """`hyplora.evaluate.evaluate` in paper mode with greedy decoding, into a fresh folder (nothing reused)."""
+    """`hyplora.harness.evaluation.evaluate` in paper mode with greedy decoding, into a fresh folder (nothing reused)."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        evaluate(model, tokenizer, ["svamp"], limit=items, batch_size=batch_size, mode="paper", num_beams=1,
-                 max_new_tokens=max_new_tokens, output_dir=folder, progress=False)
+        evaluate(
+            model,
+            tokenizer,
+            ["svamp"],
+            limit=items,
+            batch_size=batch_size,
+            mode="paper",
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            output_dir=folder,
+            progress=False,
+        )
         seconds = time.perf_counter() - start
         return read_items(Path(folder) / "svamp.jsonl"), seconds
 
@@ -141,12 +176,21 @@ def paper_response(tokenizer, record, tokens) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=64, help="SVAMP items (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, nargs="+", default=[64],
-                        help="hyplora batch size(s); agreement is checked for the first (default: %(default)s)")
-    parser.add_argument("--reference-items", type=int, default=3, help="items for the no-cache loop (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="hyplora batch size(s); agreement is checked for the first (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reference-items", type=int, default=3, help="items for the no-cache loop (default: %(default)s)"
+    )
     parser.add_argument("--check-items", type=int, default=16, help="items checked against batch-1 cached greedy")
     parser.add_argument("--skip-hf", action="store_true", help="skip the plain batch-16 generate row")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of the fast methods (default: %(default)s)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="alternating runs of the fast methods (default: %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="only to check this script quickly")
@@ -185,7 +229,7 @@ def main() -> None:
     per_forward = measured / sum(token_forwards(r["prompt_length"], len(r["tokens"])) for r in reference)
     estimate = per_forward * sum(token_forwards(p, t) for p, t in zip(prompt_lengths, lengths))
     timings["reference (estimated)"] = [(estimate, sum(lengths), load)]
-    checked = one_at_a_time_cached(model, tokenizer, records[:args.check_items], budget)
+    checked = one_at_a_time_cached(model, tokenizer, records[: args.check_items], budget)
     load_after = os.getloadavg()
 
     def same(index, prediction):
@@ -199,14 +243,20 @@ def main() -> None:
     checked_identical = sum(text == ours[i]["output"] for i, text in enumerate(checked_responses))
 
     base_rate, base_tokens = args.items / estimate, sum(lengths) / estimate
-    print(f"SmolLM2-135M-Instruct ({params / 1e6:.1f}M params), first {args.items} SVAMP items, greedy, {budget} new "
-          f"tokens, {args.threads} thread(s); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(
+        f"SmolLM2-135M-Instruct ({params / 1e6:.1f}M params), first {args.items} SVAMP items, greedy, {budget} new "
+        f"tokens, {args.threads} thread(s); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
     print(f"peak fp32 matmul {peak:.1f} GFLOP/s -> matmul-bound rate {bound:.0f} tokens/s (2 x params FLOPs/token)")
-    print(f"reference measured on items {picked} (new tokens {[len(r['tokens']) for r in reference]}): "
-          f"{measured:.1f} s, {1000 * per_forward:.2f} ms per token-forward")
+    print(
+        f"reference measured on items {picked} (new tokens {[len(r['tokens']) for r in reference]}): "
+        f"{measured:.1f} s, {1000 * per_forward:.2f} ms per token-forward"
+    )
     print()
-    print("| method | items | s (median) | s/item | items/s | x reference | gen tok/s | x reference | % of matmul bound "
-          "| load at start |")
+    print(
+        "| method | items | s (median) | s/item | items/s | x reference | gen tok/s | x reference | % of matmul bound "
+        "| load at start |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     figures = {}
     for name, runs_of_method in timings.items():
@@ -214,27 +264,48 @@ def main() -> None:
         tokens = runs_of_method[0][1]
         rate, token_rate = args.items / seconds, tokens / seconds
         loads = ", ".join(f"{run[2]:.1f}" for run in runs_of_method)
-        figures[name] = {"items": args.items, "seconds": [round(run[0], 2) for run in runs_of_method],
-                         "generated_tokens": tokens, "items_per_s": rate, "tokens_per_s": token_rate,
-                         "load_at_start": [run[2] for run in runs_of_method]}
-        print(f"| {name} | {args.items} | {seconds:.1f} | {seconds / args.items:.2f} | {rate:.3f} | "
-              f"{rate / base_rate:.1f} | {token_rate:.1f} | {token_rate / base_tokens:.1f} | {100 * token_rate / bound:.1f} "
-              f"| {loads} |")
+        figures[name] = {
+            "items": args.items,
+            "seconds": [round(run[0], 2) for run in runs_of_method],
+            "generated_tokens": tokens,
+            "items_per_s": rate,
+            "tokens_per_s": token_rate,
+            "load_at_start": [run[2] for run in runs_of_method],
+        }
+        print(
+            f"| {name} | {args.items} | {seconds:.1f} | {seconds / args.items:.2f} | {rate:.3f} | "
+            f"{rate / base_rate:.1f} | {token_rate:.1f} | {token_rate / base_tokens:.1f} | {100 * token_rate / bound:.1f} "
+            f"| {loads} |"
+        )
     print()
-    print(f"hyplora (batch {args.batch_size[0]}) greedy predictions identical: {reference_agree}/{len(reference)} vs the "
-          f"reference loop (same output length: {reference_tokens_agree}/{len(reference)}), {checked_agree}/{len(checked)} "
-          f"vs batch-1 generate with the KV cache (responses identical: {checked_identical}/{len(checked)})")
+    print(
+        f"hyplora (batch {args.batch_size[0]}) greedy predictions identical: {reference_agree}/{len(reference)} vs the "
+        f"reference loop (same output length: {reference_tokens_agree}/{len(reference)}), {checked_agree}/{len(checked)} "
+        f"vs batch-1 generate with the KV cache (responses identical: {checked_identical}/{len(checked)})"
+    )
     for batch_size in args.batch_size[1:]:
         agree = sum(a["prediction"] == b["prediction"] for a, b in zip(ours, runs[batch_size]))
-        print(f"predictions identical between hyplora batch {args.batch_size[0]} and batch {batch_size}: "
-              f"{agree}/{len(ours)}")
+        print(
+            f"predictions identical between hyplora batch {args.batch_size[0]} and batch {batch_size}: "
+            f"{agree}/{len(ours)}"
+        )
     if args.json:
-        summary = {"params": params, "peak_gflops": peak, "matmul_bound_tokens_per_s": bound, "threads": args.threads,
-                   "load_before": load_before, "load_after": load_after, "max_new_tokens": budget,
-                   "reference_measured": {"items": picked, "seconds": measured, "seconds_per_token_forward": per_forward},
-                   "methods": figures, "agreement": {"reference": [reference_agree, len(reference)],
-                                                     "batch1_cached": [checked_agree, len(checked)],
-                                                     "batch1_cached_responses": [checked_identical, len(checked)]}}
+        summary = {
+            "params": params,
+            "peak_gflops": peak,
+            "matmul_bound_tokens_per_s": bound,
+            "threads": args.threads,
+            "load_before": load_before,
+            "load_after": load_after,
+            "max_new_tokens": budget,
+            "reference_measured": {"items": picked, "seconds": measured, "seconds_per_token_forward": per_forward},
+            "methods": figures,
+            "agreement": {
+                "reference": [reference_agree, len(reference)],
+                "batch1_cached": [checked_agree, len(checked)],
+                "batch1_cached_responses": [checked_identical, len(checked)],
+            },
+        }
         with open(args.json, "w") as handle:
             json.dump(summary, handle, indent=2)
 

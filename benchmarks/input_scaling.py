@@ -20,10 +20,10 @@ from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 
 from hyplora import HypLoraConfig
-from hyplora.data import load_train_set, split_validation
-from hyplora.layer import HypLoraLinear, tangent_scale
-from hyplora.models import load_model
-from hyplora.prompts import tokenize_example
+from hyplora.adapter.layer import HypLoraLinear, tangent_scale
+from hyplora.harness.base_models import load_model
+from hyplora.harness.data import load_train_set, split_validation
+from hyplora.harness.prompts import tokenize_example
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 ARMS = ("lora", "none", "unit", "rms")
@@ -31,9 +31,9 @@ ARMS = ("lora", "none", "unit", "rms")
 
 def batches(examples, size, pad_id):
     for start in range(0, len(examples) - size + 1, size):
-        chunk = examples[start:start + size]
+        chunk = examples[start : start + size]
         width = max(len(e["input_ids"]) for e in chunk)
-        pad = lambda seq, value: seq + [value] * (width - len(seq))  # noqa: E731
+        pad = lambda seq, value, width=width: seq + [value] * (width - len(seq))  # noqa: E731
         yield {
             "input_ids": torch.tensor([pad(e["input_ids"], pad_id) for e in chunk]),
             "attention_mask": torch.tensor([pad(e["attention_mask"], 0) for e in chunk]),
@@ -52,8 +52,11 @@ def mean_loss(model, data):
 def tangent_norms(model, batch) -> dict:
     """Median |u| per scaling over the real inputs of every targeted layer (fresh adapter, s = 0)."""
     norms = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args: norms.append(args[0].detach().flatten(0, -2).norm(dim=-1)))
-             for m in model.modules() if isinstance(m, HypLoraLinear)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: norms.append(args[0].detach().flatten(0, -2).norm(dim=-1)))
+        for m in model.modules()
+        if isinstance(m, HypLoraLinear)
+    ]
     with torch.no_grad():
         model(**batch)
     for h in hooks:
@@ -62,8 +65,11 @@ def tangent_norms(model, batch) -> dict:
     out = {}
     for scaling in ("none", "unit", "rms"):
         u = torch.cat([tangent_scale(n, scaling, torch.zeros(1), d) * n for n, d in zip(norms, in_dims)])
-        out[scaling] = {"median": u.median().item(), "p99": u.quantile(0.99).item(),
-                        "saturated": (u > math.asinh(2**15)).float().mean().item()}
+        out[scaling] = {
+            "median": u.median().item(),
+            "p99": u.quantile(0.99).item(),
+            "saturated": (u > math.asinh(2**15)).float().mean().item(),
+        }
     return out
 
 
@@ -105,14 +111,20 @@ def main():
             opt.step()
             opt.zero_grad()
             curve.append(loss.item())
-        results["arms"][arm] = {"val_loss_before": mean_loss(get_peft_model(copy.deepcopy(base), cfg), val_batches)
-                                if arm == "lora" else None,
-                                "val_loss": mean_loss(model, val_batches), "train_curve": curve,
-                                "seconds": time.perf_counter() - start}
+        results["arms"][arm] = {
+            "val_loss_before": mean_loss(get_peft_model(copy.deepcopy(base), cfg), val_batches)
+            if arm == "lora"
+            else None,
+            "val_loss": mean_loss(model, val_batches),
+            "train_curve": curve,
+            "seconds": time.perf_counter() - start,
+        }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"\n{args.model}, {args.steps} steps x {args.batch_size}, r={args.rank}, lr={args.lr}; "
-          f"validation loss before: {results['arms']['lora']['val_loss_before']:.4f}")
+    print(
+        f"\n{args.model}, {args.steps} steps x {args.batch_size}, r={args.rank}, lr={args.lr}; "
+        f"validation loss before: {results['arms']['lora']['val_loss_before']:.4f}"
+    )
     print("| arm | val loss | last-10 train loss |\n|---|---|---|")
     for arm, r in results["arms"].items():
         print(f"| {arm} | {r['val_loss']:.4f} | {sum(r['train_curve'][-10:]) / 10:.4f} |")

@@ -9,8 +9,8 @@
 4. reload the base, attach the saved adapter from disk, evaluate again;
 5. write report.md and report.json to --output-dir and print the table.
 
-It calls the functions behind `hyplora train` and `hyplora eval` (`hyplora.train.train`,
-`hyplora.evaluate.evaluate`, `hyplora.models.load_model`, `hyplora.load_adapter`), so what it
+It calls the functions behind `hyplora train` and `hyplora eval` (`hyplora.harness.training.train`,
+`hyplora.harness.evaluation.evaluate`, `hyplora.harness.base_models.load_model`, `hyplora.load_adapter`), so what it
 shows is what the CLI does. The default sizes fit 15 minutes on 2 CPU cores (see the README).
 """
 
@@ -29,17 +29,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="default: %(default)s")
     parser.add_argument("--with-lora", action="store_true", help="also train and evaluate LoRA (same alpha)")
-    parser.add_argument("--train-examples", type=int, default=192, help="training slice of the math mixture (default: %(default)s)")
-    parser.add_argument("--eval-limit", type=int, default=30, help="first N problems of each test set (default: %(default)s)")
+    parser.add_argument(
+        "--train-examples", type=int, default=192, help="training slice of the math mixture (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--eval-limit", type=int, default=30, help="first N problems of each test set (default: %(default)s)"
+    )
     parser.add_argument("--eval-batch-size", type=int, default=32, help="default: %(default)s")
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per problem (default: %(default)s)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=160, help="generation budget per problem (default: %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return parser.parse_args(argv)
 
 
 def train_args(args: argparse.Namespace, method: str):
     """The paper's recipe (rank 32, alpha 64, dropout 0.05, micro-batch 4, lr 3e-4), one short epoch."""
-    from hyplora.train import TrainArgs
+    from hyplora.harness.training import TrainArgs
 
     return TrainArgs(
         model=MODEL,
@@ -60,8 +66,8 @@ def train_args(args: argparse.Namespace, method: str):
 def evaluate_on_slices(args: argparse.Namespace, label: str, adapter_dir: Path | None = None) -> dict:
     """Load the base (and the adapter from disk) and evaluate it as `hyplora eval` would."""
     from hyplora import load_adapter
-    from hyplora.evaluate import evaluate
-    from hyplora.models import load_model
+    from hyplora.harness.base_models import load_model
+    from hyplora.harness.evaluation import evaluate
 
     model, tokenizer = load_model(MODEL)
     if adapter_dir is not None:
@@ -95,11 +101,21 @@ def report_rows(results: dict) -> list[dict]:
 
 
 def markdown_table(rows: list[dict], n_items: int) -> str:
-    header = ["model", *(f"{name.upper()} (n={n_items})" for name in EVAL_SETS), "mean", "val loss", "train s", "trainable params"]
+    header = [
+        "model",
+        *(f"{name.upper()} (n={n_items})" for name in EVAL_SETS),
+        "mean",
+        "val loss",
+        "train s",
+        "trainable params",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["model"], *(f"{row[name]:.1f}" for name in EVAL_SETS), f"{row['mean']:.1f}"]
-        cells += ["-" if row[key] is None else f"{row[key]:{fmt}}" for key, fmt in (("val_loss", ".3f"), ("train_s", ".0f"), ("trainable_params", ","))]
+        cells += [
+            "-" if row[key] is None else f"{row[key]:{fmt}}"
+            for key, fmt in (("val_loss", ".3f"), ("train_s", ".0f"), ("trainable_params", ","))
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -108,7 +124,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from hyplora.train import train
+    from hyplora.harness.training import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,14 +137,18 @@ def main(argv=None) -> int:
     def stage(name: str):
         print(f"\n== {name}  [{time.perf_counter() - start:.0f} s]", flush=True)
 
-    stage(f"1. {MODEL}: load (first run: convert the GGUF) and evaluate on {', '.join(EVAL_SETS)}, first {args.eval_limit} each")
+    stage(
+        f"1. {MODEL}: load (first run: convert the GGUF) and evaluate on {', '.join(EVAL_SETS)}, first {args.eval_limit} each"
+    )
     tick = time.perf_counter()
     results["base"] = {"summary": evaluate_on_slices(args, "base")}
     timings["eval base"] = time.perf_counter() - tick
 
     for method in methods:
         options = train_args(args, method)
-        stage(f"2. fine-tune with {method}: {options.limit} examples of the math mixture, r={options.rank}, alpha={options.alpha:g}")
+        stage(
+            f"2. fine-tune with {method}: {options.limit} examples of the math mixture, r={options.rank}, alpha={options.alpha:g}"
+        )
         tick = time.perf_counter()
         adapter_dir = train(options)
         timings[f"train {method}"] = train_s = time.perf_counter() - tick
@@ -151,7 +171,13 @@ def main(argv=None) -> int:
     settings = train_args(args, "hyplora").to_json()
     report = {
         "model": MODEL,
-        "eval": {"datasets": list(EVAL_SETS), "limit": args.eval_limit, "mode": "robust", "decoding": "greedy", "max_new_tokens": args.max_new_tokens},
+        "eval": {
+            "datasets": list(EVAL_SETS),
+            "limit": args.eval_limit,
+            "mode": "robust",
+            "decoding": "greedy",
+            "max_new_tokens": args.max_new_tokens,
+        },
         "train": {key: value for key, value in settings.items() if key not in ("method", "output_dir")},
         "rows": rows,
         "timings_s": {key: round(value, 1) for key, value in timings.items()},
@@ -166,7 +192,8 @@ def main(argv=None) -> int:
         f"batch {settings['batch_size']}, lr {settings['lr']:g}, r={settings['rank']}, alpha={settings['alpha']:g} for every method. "
         f"With {args.eval_limit} problems per set, one problem is {100 / args.eval_limit:.1f} points: small differences are noise.\n\n"
         f"Total {total:.0f} s on {torch.get_num_threads()} torch threads; stages: "
-        + ", ".join(f"{key} {value:.0f} s" for key, value in timings.items()) + ".\n"
+        + ", ".join(f"{key} {value:.0f} s" for key, value in timings.items())
+        + ".\n"
     )
     stage(f"done in {total:.0f} s; report in {args.output_dir / 'report.md'}")
     print(table)

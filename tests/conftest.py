@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from hyplora.models import load_model, load_tokenizer, tiny_model
+from hyplora.harness.base_models import load_model, load_tokenizer, tiny_model
 
 # property tests draw the same examples on every run, so CI cannot go red by chance; run with
 # HYPOTHESIS_PROFILE=explore to search new examples locally

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from hyplora.analysis.frequency import fit_power_law, fitted_rank_curve, rank_frequency, record_text
 from hyplora.errors import InputError
+from hyplora.geometry.frequency import fit_power_law, fitted_rank_curve, rank_frequency, record_text
 
 
 @pytest.fixture(scope="module")

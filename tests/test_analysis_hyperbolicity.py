@@ -8,14 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyplora.analysis.delta_protocols import gaussian_control, shuffled_control
-from hyplora.analysis.hyperbolicity import (
+from hyplora.errors import InputError
+from hyplora.geometry.delta_protocols import gaussian_control, shuffled_control
+from hyplora.geometry.hyperbolicity import (
     delta_hyperbolicity,
     gromov_products,
     pairwise_distances,
     sampled_delta_hyperbolicity,
 )
-from hyplora.errors import InputError
 
 
 def brute_force_delta_at(d: np.ndarray, w: int) -> float:
@@ -69,7 +69,9 @@ def cycle_delta(n: int) -> float:
 
 
 points_strategy = st.integers(4, 7).flatmap(
-    lambda n: st.lists(st.lists(st.floats(-10, 10, allow_nan=False, width=32), min_size=3, max_size=3), min_size=n, max_size=n)
+    lambda n: st.lists(
+        st.lists(st.floats(-10, 10, allow_nan=False, width=32), min_size=3, max_size=3), min_size=n, max_size=n
+    )
 )
 
 
@@ -144,7 +146,8 @@ def test_sampled_delta_is_a_seeded_lower_bound():
     assert from_matrix.diameter == pytest.approx(sampled.diameter, rel=1e-12)
     tiny = x[:6]  # 6**4 = 1296 quadruples: 50k draws cover them all
     assert sampled_delta_hyperbolicity(tiny, num_samples=50_000).delta == pytest.approx(
-        delta_hyperbolicity(tiny, exact=True, dtype=torch.float64).delta, rel=1e-12)
+        delta_hyperbolicity(tiny, exact=True, dtype=torch.float64).delta, rel=1e-12
+    )
 
 
 def test_relative_delta_is_invariant_to_isometries_and_scale():

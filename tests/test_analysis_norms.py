@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hyplora.analysis.norms import binned_by_frequency, load_groups, spearman_with_ci
 from hyplora.errors import InputError
+from hyplora.geometry.norms import binned_by_frequency, load_groups, spearman_with_ci
 
 
 def test_spearman_matches_scipy_and_fieller_interval():
@@ -66,8 +66,14 @@ def test_load_groups_reads_a_file_and_names_what_is_wrong(tmp_path):
     good = tmp_path / "groups.json"
     good.write_text(json.dumps({"general": ["the", "of"], "specific": ["dog"]}))
     assert load_groups(good) == {"general": ["the", "of"], "specific": ["dog"]}
-    cases = {"missing.json": None, "broken.json": "{not json", "list.json": "[]", "words.json": json.dumps({"g": "dog"}),
-             "empty.json": json.dumps({"g": []}), "blank.json": json.dumps({"g": ["dog", " "]})}
+    cases = {
+        "missing.json": None,
+        "broken.json": "{not json",
+        "list.json": "[]",
+        "words.json": json.dumps({"g": "dog"}),
+        "empty.json": json.dumps({"g": []}),
+        "blank.json": json.dumps({"g": ["dog", " "]}),
+    }
     for name, text in cases.items():
         path = tmp_path / name
         if text is not None:

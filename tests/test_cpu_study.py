@@ -99,7 +99,11 @@ def fake_train(folder: Path, *, finished=True, checkpoint_step=None, complete_ch
         (folder / "adapter_model.safetensors").write_bytes(b"")
     (folder / "train_args.json").write_text(json.dumps(record))
     (folder / "loss_log.jsonl").write_text(
-        "\n".join(json.dumps(e) for e in [{"loss": 2.6, "step": 1}, {"eval_loss": 2.4, "step": 1}, {"eval_loss": val_loss, "step": 2}]))
+        "\n".join(
+            json.dumps(e)
+            for e in [{"loss": 2.6, "step": 1}, {"eval_loss": 2.4, "step": 1}, {"eval_loss": val_loss, "step": 2}]
+        )
+    )
     if checkpoint_step is not None:
         checkpoint = folder / f"checkpoint-{checkpoint_step}"
         checkpoint.mkdir()
@@ -109,11 +113,24 @@ def fake_train(folder: Path, *, finished=True, checkpoint_step=None, complete_ch
 
 def fake_eval(folder: Path, job: EvalJob, correct: dict[str, list[int]], levels: dict | None = None):
     folder.mkdir(parents=True, exist_ok=True)
-    summary = {"mode": job.protocol, "limit": job.limit, "datasets": {ds: {"accuracy": float(np.mean(c))} for ds, c in correct.items()}}
+    summary = {
+        "mode": job.protocol,
+        "limit": job.limit,
+        "datasets": {ds: {"accuracy": float(np.mean(c))} for ds, c in correct.items()},
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
     for ds, values in correct.items():
-        rows = [{"index": i, "settings_key": "k", "prompt_hash": "h", "output": "", "correct": bool(v),
-                 **({"level": levels[ds][i]} if levels and ds in levels else {})} for i, v in enumerate(values)]
+        rows = [
+            {
+                "index": i,
+                "settings_key": "k",
+                "prompt_hash": "h",
+                "output": "",
+                "correct": bool(v),
+                **({"level": levels[ds][i]} if levels and ds in levels else {}),
+            }
+            for i, v in enumerate(values)
+        ]
         (folder / f"{ds}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -128,7 +145,9 @@ def test_train_job_states_and_resume_flag(tmp_path):
     assert job.estimate_s(tmp_path) < job.estimate_s()  # a resumed run is planned for its remaining steps only
     command = job.command(tmp_path)
     assert command[-1] == "--resume"
-    assert command[command.index("--limit") + 1] == str(DESIGN["schedule"]["max_steps"] * DESIGN["schedule"]["batch_size"])
+    assert command[command.index("--limit") + 1] == str(
+        DESIGN["schedule"]["max_steps"] * DESIGN["schedule"]["batch_size"]
+    )
     (job.folder(tmp_path) / "adapter_model.safetensors").write_bytes(b"")
     assert job.state(tmp_path) == "partial"  # the adapter without the final result: not finished
     fake_train(job.folder(tmp_path))
@@ -188,7 +207,9 @@ def test_chosen_lr_waits_for_the_whole_grid(tmp_path):
     write_grid(tmp_path, "lora", {grid[0]: 2.0, grid[1]: 1.5})
     assert study.chosen_lr("math", "lora", tmp_path) is None
     plan = study.stages(tmp_path)
-    assert all(job.state(tmp_path) == "blocked" for job in plan["seeds"] if job.kind == "train" and job.method == "lora")
+    assert all(
+        job.state(tmp_path) == "blocked" for job in plan["seeds"] if job.kind == "train" and job.method == "lora"
+    )
     write_grid(tmp_path, "lora", {grid[2]: 1.7})
     assert study.chosen_lr("math", "lora", tmp_path) == grid[1]
     seeds = [job for job in study.stages(tmp_path)["seeds"] if job.kind == "train" and job.method == "lora"]
@@ -220,7 +241,7 @@ def test_secondary_model_jobs_are_named_and_run_on_that_model(tmp_path):
     assert train.command(tmp_path)[train.command(tmp_path).index("--model") + 1] == model
     command = base.command(tmp_path)
     assert base.name == f"{model}-math-base--robust" and command[command.index("--model") + 1] == model
-    assert command[command.index("--datasets") + 1:command.index("--limit")] == list(secondary["test"])
+    assert command[command.index("--datasets") + 1 : command.index("--limit")] == list(secondary["test"])
     assert command[command.index("--limit") + 1] == str(secondary["limit"])
     # each method's evaluation follows its own grid on this model: LoRA lower at `high`, HypLoRA at `low`
     for method, losses in (("lora", (1.5, 1.4)), ("hyplora", (1.3, 1.6))):
@@ -229,14 +250,18 @@ def test_secondary_model_jobs_are_named_and_run_on_that_model(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"result": {"val_loss": loss}}))
     evals = [job for job in study.stages(tmp_path)["secondary"] if job.kind == "eval"]
-    assert [job.name for job in evals[:2]] == [f"{model}-math-lora-lr{study._lr_tag(high)}-s0--robust",
-                                                f"{model}-math-hyplora-lr{study._lr_tag(low)}-s0--robust"]
+    assert [job.name for job in evals[:2]] == [
+        f"{model}-math-lora-lr{study._lr_tag(high)}-s0--robust",
+        f"{model}-math-hyplora-lr{study._lr_tag(low)}-s0--robust",
+    ]
     assert evals[0].model == model and evals[0].limit == secondary["limit"]  # from its run
     assert study.chosen_lr("math", "lora", tmp_path) is None  # the primary model's grid is not touched
     # the primary model's jobs keep their names and slices
     primary = EvalJob("", "math", TrainJob("", "math", "lora", 1e-3, 0))
     assert primary.name == "math-lora-lr1e-3-s0--robust" and primary.datasets == DESIGN["tasks"]["math"]["test"]
-    assert train.estimate_s() > TrainJob("", "math", "lora", 1e-3, 0).estimate_s()  # the plan uses the model's own rates
+    assert (
+        train.estimate_s() > TrainJob("", "math", "lora", 1e-3, 0).estimate_s()
+    )  # the plan uses the model's own rates
 
 
 def test_smoke_design_shrinks_every_stage(tmp_path, monkeypatch):
@@ -349,7 +374,7 @@ def test_input_norms_are_the_norms_each_target_layer_receives(tiny_llama):
 
 
 def test_time_coordinate_follows_the_layers_own_input_scaling_and_clip():
-    from hyplora.lorentz import MAX_TANGENT_NORM
+    from hyplora.adapter.lorentz import MAX_TANGENT_NORM
 
     assert input_norms.time_coordinate(8.0, "none", 576) == pytest.approx(math.cosh(8.0))
     assert input_norms.time_coordinate(8.0, "unit", 576) == pytest.approx(math.cosh(1.0))
@@ -370,44 +395,93 @@ def test_report_from_partial_results(tmp_path):
     for method, seeds in (("lora", (0, 1, 2)), ("hyplora", (0, 1, 2)), ("dora", (0,))):
         for seed in seeds:
             run = TrainJob("", "math", method, grid[1], seed)
-            (results / "runs" / f"{run.name}.json").write_text(json.dumps(
-                {"result": {"val_loss": 1.5 + 0.01 * seed}, "val_curve": [[1, 2.0], [2, 1.5]]}))
-            flip = {ds: [1 if method == "hyplora" and i < n // 2 else c for i, c in enumerate(v)] for ds, v in base.items()}
+            (results / "runs" / f"{run.name}.json").write_text(
+                json.dumps({"result": {"val_loss": 1.5 + 0.01 * seed}, "val_curve": [[1, 2.0], [2, 1.5]]})
+            )
+            flip = {
+                ds: [1 if method == "hyplora" and i < n // 2 else c for i, c in enumerate(v)] for ds, v in base.items()
+            }
             job = EvalJob("", "math", run)
             path = results / "evals" / f"{job.name}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            items = {ds: {"correct": c, **({"level": [i % 3 for i in range(n)]} if ds == "svamp" else {})}
-                     for ds, c in flip.items()}
+            items = {
+                ds: {"correct": c, **({"level": [i % 3 for i in range(n)]} if ds == "svamp" else {})}
+                for ds, c in flip.items()
+            }
             path.write_text(json.dumps({"task": "math", "summary": {"model": DESIGN["model"]}, "items": items}))
     ablation = TrainJob("", "math", "hyplora", grid[1], 0, "scale-none", (("input_scaling", "none"),))
     (results / "runs" / f"{ablation.name}.json").write_text(json.dumps({"result": {"val_loss": 1.6}, "val_curve": []}))
-    (results / "evals" / f"{EvalJob('', 'math', ablation).name}.json").write_text(json.dumps(
-        {"task": "math", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [0] * n} for ds in base}}))
+    (results / "evals" / f"{EvalJob('', 'math', ablation).name}.json").write_text(
+        json.dumps(
+            {"task": "math", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [0] * n} for ds in base}}
+        )
+    )
     cs_n = DESIGN["tasks"]["commonsense"]["limit"]
     for method, correct in (("lora", 1), ("base", 0)):  # right everywhere / wrong everywhere
         run = None if method == "base" else TrainJob("", "commonsense", method, grid[1], 0)
-        (results / "evals" / f"{EvalJob('', 'commonsense', run).name}.json").write_text(json.dumps(
-            {"task": "commonsense", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [correct] * cs_n} for ds in DESIGN["tasks"]["commonsense"]["test"]}}))
+        (results / "evals" / f"{EvalJob('', 'commonsense', run).name}.json").write_text(
+            json.dumps(
+                {
+                    "task": "commonsense",
+                    "summary": {"model": DESIGN["model"]},
+                    "items": {ds: {"correct": [correct] * cs_n} for ds in DESIGN["tasks"]["commonsense"]["test"]},
+                }
+            )
+        )
     gemma, secondary_grid = DESIGN["secondary"]["model"], DESIGN["secondary"]["lr_grid"]
     for method, correct in (("lora", 0), ("hyplora", 1)):  # on fewer items: must not shorten the primary slices
         for lr, loss in zip(secondary_grid, (2.0 - correct, 2.5)):  # the first rate chosen
             run = TrainJob("", "math", method, lr, 0, model=gemma)
-            (results / "runs" / f"{run.name}.json").write_text(json.dumps(
-                {"result": {"val_loss": loss}, "val_curve": [[1, 2.5], [2, loss]]}))
-        (results / "evals" / f"{EvalJob('', 'math', TrainJob('', 'math', method, secondary_grid[0], 0, model=gemma)).name}.json").write_text(json.dumps(
-            {"task": "math", "summary": {"model": gemma},
-             "items": {ds: {"correct": [correct] * 30, "level": [0] * 30} for ds in DESIGN["secondary"]["test"]}}))
-    (results / "evals" / f"{EvalJob('', 'math', None, model=gemma).name}.json").write_text(json.dumps(
-        {"task": "math", "summary": {"model": gemma}, "items": {ds: {"correct": [0] * 30} for ds in DESIGN["secondary"]["test"]}}))
-    modules = {"q_proj": {"norm_p5_p50_p95": [4.0, 8.0, 10.0], "norm_max": 12.0, "share_clipped_none": 0.002,
-                          "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.06}},
-               "down_proj": {"norm_p5_p50_p95": [3.0, 8.0, 50.0], "norm_max": 2919.0, "share_clipped_none": 0.391,
-                             "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.02}}}
-    (results / "input_norms.json").write_text(json.dumps({"model": "m", "examples": 8, "clip": 11.09, "modules": modules}))
+            (results / "runs" / f"{run.name}.json").write_text(
+                json.dumps({"result": {"val_loss": loss}, "val_curve": [[1, 2.5], [2, loss]]})
+            )
+        (
+            results
+            / "evals"
+            / f"{EvalJob('', 'math', TrainJob('', 'math', method, secondary_grid[0], 0, model=gemma)).name}.json"
+        ).write_text(
+            json.dumps(
+                {
+                    "task": "math",
+                    "summary": {"model": gemma},
+                    "items": {
+                        ds: {"correct": [correct] * 30, "level": [0] * 30} for ds in DESIGN["secondary"]["test"]
+                    },
+                }
+            )
+        )
+    (results / "evals" / f"{EvalJob('', 'math', None, model=gemma).name}.json").write_text(
+        json.dumps(
+            {
+                "task": "math",
+                "summary": {"model": gemma},
+                "items": {ds: {"correct": [0] * 30} for ds in DESIGN["secondary"]["test"]},
+            }
+        )
+    )
+    modules = {
+        "q_proj": {
+            "norm_p5_p50_p95": [4.0, 8.0, 10.0],
+            "norm_max": 12.0,
+            "share_clipped_none": 0.002,
+            "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.06},
+        },
+        "down_proj": {
+            "norm_p5_p50_p95": [3.0, 8.0, 50.0],
+            "norm_max": 2919.0,
+            "share_clipped_none": 0.391,
+            "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.02},
+        },
+    }
+    (results / "input_norms.json").write_text(
+        json.dumps({"model": "m", "examples": 8, "clip": 11.09, "modules": modules})
+    )
     output = tmp_path / "docs" / "results.md"
     text = analyze.write_report(analyze.Results(results), output, tmp_path / "docs" / "results", tmp_path / "work")
     assert "base (no adapter) below; LoRA above." in text  # against always giving each slice's commonest answer
-    assert "| each slice's most frequent answer, always (no model) | — | — | 70.0 [" in text  # 70 of BoolQ's first 100 are true
+    assert (
+        "| each slice's most frequent answer, always (no model) | — | — | 70.0 [" in text
+    )  # 70 of BoolQ's first 100 are true
     assert output.read_text() == text
     assert "HypLoRA wins" in text  # HypLoRA is right on every item LoRA is, and more
     assert "DoRA vs LoRA over" in text and "ties" in text.split("DoRA vs LoRA over")[1].split("\n")[0]
@@ -422,10 +496,14 @@ def test_report_from_partial_results(tmp_path):
     assert "the default's sd 0.0100 over 3 seeds): scale-none +0.1000." in text
     assert f"svamp (n={n})" in text
     assert "time 1.49e+03–1.49e+03 across the layers (`unit` 1.54, `rms` at most 1.06)" in text
-    assert "up to 39.1% of them (`down_proj`)" in text and "| `down_proj` | 3.00 | 8.00 | 50.00 | 2919.0 | 39.1 |" in text
+    assert (
+        "up to 39.1% of them (`down_proj`)" in text and "| `down_proj` | 3.00 | 8.00 | 50.00 | 2919.0 | 39.1 |" in text
+    )
     k = 30 * len(DESIGN["secondary"]["test"])
-    assert (f"Secondary model ({gemma}, seed 0, one run per rate), final validation loss at the chosen rates: HypLoRA"
-            " 1.0000, LoRA 2.0000.") in text
+    assert (
+        f"Secondary model ({gemma}, seed 0, one run per rate), final validation loss at the chosen rates: HypLoRA"
+        " 1.0000, LoRA 2.0000."
+    ) in text
     assert f"Secondary model, HypLoRA vs LoRA over {k} items: HypLoRA wins, +100.0 [+100.0, +100.0] points." in text
     assert f"| HypLoRA | 1.0000 | 2.5000 | {secondary_grid[0]:g} | 100.0 [100.0, 100.0] |" in text
     assert f"McNemar {k} vs 0 discordant items" in text
@@ -444,11 +522,26 @@ def test_grown_slice_is_copied_again_and_analysed_on_common_items(tmp_path):
     fake_train(run.folder(work))
     old = results / "evals" / f"{job.name}.json"
     old.parent.mkdir(parents=True)
-    old.write_text(json.dumps({"task": "math", "summary": {"model": DESIGN["model"], "limit": 2}, "items": {ds: {"correct": [1, 0]} for ds in job.datasets}}))
+    old.write_text(
+        json.dumps(
+            {
+                "task": "math",
+                "summary": {"model": DESIGN["model"], "limit": 2},
+                "items": {ds: {"correct": [1, 0]} for ds in job.datasets},
+            }
+        )
+    )
     assert run_study.sync_results([job], work, results) == []  # the larger evaluation is not done yet
     other = EvalJob("main-s0", "math", TrainJob("main-s0", "math", "hyplora", 1e-3, 0))
-    (results / "evals" / f"{other.name}.json").write_text(json.dumps(
-        {"task": "math", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [1, 1, 1]} for ds in job.datasets}}))
+    (results / "evals" / f"{other.name}.json").write_text(
+        json.dumps(
+            {
+                "task": "math",
+                "summary": {"model": DESIGN["model"]},
+                "items": {ds: {"correct": [1, 1, 1]} for ds in job.datasets},
+            }
+        )
+    )
     loaded = analyze.Results(results)
     assert loaded.slice_sizes[(DESIGN["model"], "math", "robust", "svamp")] == 2
     assert loaded.evals[other.name]["items"]["svamp"]["correct"] == [1, 1]

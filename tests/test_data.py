@@ -6,12 +6,22 @@ import types
 
 import pytest
 
-from hyplora import data
-from hyplora.data import (
-    DATA_DIR, MIXTURES, NOT_SHIPPED, TEST_SETS, TRAIN_SETS, domain, equation_rationale, load_test_set,
-    load_train_set, question_key, split_validation, worked_steps,
-)
 from hyplora.errors import InputError
+from hyplora.harness import data
+from hyplora.harness.data import (
+    DATA_DIR,
+    MIXTURES,
+    NOT_SHIPPED,
+    TEST_SETS,
+    TRAIN_SETS,
+    domain,
+    equation_rationale,
+    load_test_set,
+    load_train_set,
+    question_key,
+    split_validation,
+    worked_steps,
+)
 
 SHIPPED_TESTS = [name for name, test in TEST_SETS.items() if test.shipped]
 MATH_SOURCES = [name for name, source in TRAIN_SETS.items() if source.domain == "math"]
@@ -46,7 +56,9 @@ def test_upstream_folder_names_limit_and_fresh_copies():
 
 def test_domains_of_names():
     assert {domain(name) for name in ("gsm8k", "svamp", "math", "asdiv-a", "math10k")} == {"math"}
-    assert {domain(name) for name in ("boolq", "ARC-Challenge", "commonsense", "obqa-train", "hellaswag")} == {"commonsense"}
+    assert {domain(name) for name in ("boolq", "ARC-Challenge", "commonsense", "obqa-train", "hellaswag")} == {
+        "commonsense"
+    }
     assert "unknown dataset name" in one_line_error(domain, "mnist")
 
 
@@ -68,11 +80,20 @@ BAD_FILES = {
     "empty.json": ("", "empty file"),
     "blank.jsonl": ("\n  \n", "empty file"),
     "no_records.json": ("[]", "no records"),
-    "broken_array.json": ('[{"instruction": "a", "answer": "1"},\n {"instruction": "b", "answer": }]', "record 1: malformed JSON"),
-    "broken_lines.jsonl": ('{"instruction": "a", "answer": "1"}\n{"instruction": "b"\n', "record 1 (line 2): malformed JSON"),
+    "broken_array.json": (
+        '[{"instruction": "a", "answer": "1"},\n {"instruction": "b", "answer": }]',
+        "record 1: malformed JSON",
+    ),
+    "broken_lines.jsonl": (
+        '{"instruction": "a", "answer": "1"}\n{"instruction": "b"\n',
+        "record 1 (line 2): malformed JSON",
+    ),
     "not_objects.json": ('[{"instruction": "a", "answer": "1"}, 7]', "record 1 is not a JSON object"),
     "single_object.json": ('{\n "instruction": "a",\n "answer": "1"\n}', "a single JSON object"),
-    "missing_answer.json": ('[{"instruction": "a", "answer": "1"}, {"instruction": "b"}]', "record 1 has no 'answer' field"),
+    "missing_answer.json": (
+        '[{"instruction": "a", "answer": "1"}, {"instruction": "b"}]',
+        "record 1 has no 'answer' field",
+    ),
     "list_field.json": ('[{"instruction": ["a"], "answer": "1"}]', "record 0: field 'instruction' must be a string"),
     "blank_instruction.jsonl": ('{"instruction": " ", "answer": "1"}', "record 0: empty 'instruction'"),
     "scalar.json": ("42", "expected a JSON array"),
@@ -97,12 +118,17 @@ def test_bad_training_files_name_the_file_and_record(tmp_path):
 
 
 def test_user_files_in_json_and_json_lines(tmp_path):
-    records = [{"instruction": "What is 1+1?", "answer": 2}, {"instruction": "And 2+2?", "input": "", "output": "", "answer": "4"}]
+    records = [
+        {"instruction": "What is 1+1?", "answer": 2},
+        {"instruction": "And 2+2?", "input": "", "output": "", "answer": "4"},
+    ]
     array, lines = tmp_path / "set.json", tmp_path / "set.jsonl"
     array.write_text(json.dumps(records))
     lines.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    expected = [{"instruction": "What is 1+1?", "input": "", "output": "", "answer": "2"},
-                {"instruction": "And 2+2?", "input": "", "output": "", "answer": "4"}]
+    expected = [
+        {"instruction": "What is 1+1?", "input": "", "output": "", "answer": "2"},
+        {"instruction": "And 2+2?", "input": "", "output": "", "answer": "4"},
+    ]
     assert load_test_set(str(array)) == load_test_set(lines) == expected
 
 
@@ -114,7 +140,7 @@ def test_hub_datasets_need_the_datasets_package(monkeypatch):
 
 def test_hub_datasets_offline_fail_fast(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
-    monkeypatch.setattr("hyplora.models.hub_reachable", lambda: False)
+    monkeypatch.setattr("hyplora.harness.base_models.hub_reachable", lambda: False)
     assert "unreachable" in one_line_error(load_test_set, "hf:openai/gsm8k")
 
 
@@ -168,10 +194,10 @@ def test_gsm8k_rationales_lose_calculator_marks_and_end_in_the_answer():
     records = load_train_set("gsm8k-train").records
     assert records[0] == {
         "instruction": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-                       "How many clips did Natalia sell altogether in April and May?",
+        "How many clips did Natalia sell altogether in April and May?",
         "input": "",
         "output": "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n"
-                  "The answer is 72.",
+        "The answer is 72.",
         "answer": "72",
     }
     assert not any("<<" in r["output"] or "####" in r["output"] for r in records)
@@ -187,9 +213,13 @@ def test_mawps_aqua_and_asdiv_conversions():
     assert aqua["output"].startswith("To calculate") and aqua["output"].endswith("\nThe answer is A.")
     assert aqua["answer"] == "A"
     asdiv = load_train_set("asdiv-a", against=[]).records[0]
-    assert asdiv == {"instruction": "Cody had a bag of marbles. Later he gave five to his brother. Now Cody has seven "
-                                    "marbles. How many marbles did Cody have to start with?",
-                     "input": "", "output": "5 + 7 = 12\nThe answer is 12.", "answer": "12"}
+    assert asdiv == {
+        "instruction": "Cody had a bag of marbles. Later he gave five to his brother. Now Cody has seven "
+        "marbles. How many marbles did Cody have to start with?",
+        "input": "",
+        "output": "5 + 7 = 12\nThe answer is 12.",
+        "answer": "12",
+    }
 
 
 @pytest.mark.parametrize("name", MATH_SOURCES)
@@ -208,16 +238,23 @@ def test_asdiv_a_carries_its_non_commercial_licence_note(capsys):
 
 # ----------------------------------------------------------------------------- overlap with test sets
 def overlap_indices(folder: str, file_name: str, tests=None) -> set[int]:
-    lines = [line.split("\t") for line in (DATA_DIR / "train" / folder / "overlap.txt").read_text().splitlines()
-             if line and not line.startswith("#")][1:]
+    lines = [
+        line.split("\t")
+        for line in (DATA_DIR / "train" / folder / "overlap.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ][1:]
     return {int(row[1]) for row in lines if row[0] == file_name and (tests is None or row[2] in tests)}
 
 
 @pytest.mark.parametrize("mixture", sorted(MIXTURES))
 def test_mixtures_contain_no_test_question_of_their_domain(mixture):
     train_set = load_train_set(mixture)
-    test_keys = {question_key(r["instruction"], mixture) for name in TEST_SETS
-                 if TEST_SETS[name].domain == mixture and TEST_SETS[name].shipped for r in load_test_set(name)}
+    test_keys = {
+        question_key(r["instruction"], mixture)
+        for name in TEST_SETS
+        if TEST_SETS[name].domain == mixture and TEST_SETS[name].shipped
+        for r in load_test_set(name)
+    }
     train_keys = {question_key(r["instruction"], mixture) for r in train_set.records}
     assert train_keys and not train_keys & test_keys
     assert set(train_set.kept) == set(MIXTURES[mixture])
@@ -230,7 +267,9 @@ def test_drop_counts_follow_overlap_txt():
     assert mawps.dropped == {"mawps-train": len(listed)} and len(listed) > 1000
     assert len(mawps.records) == 1898 - len(listed)
     only_mawps = load_train_set("mawps-train", against=["mawps"])
-    assert only_mawps.dropped["mawps-train"] == len(overlap_indices("mawps", "trainset.json", {"math/mawps/test.json"}))
+    assert only_mawps.dropped["mawps-train"] == len(
+        overlap_indices("mawps", "trainset.json", {"math/mawps/test.json"})
+    )
     assert load_train_set("mawps-train", against=[]).dropped["mawps-train"] == 0
     arc = load_train_set("arc-e-train")
     assert arc.dropped["arc-e-train"] == len(overlap_indices("ARC-Easy", "train.json")) > 0
@@ -240,18 +279,39 @@ def test_question_text_check_catches_test_items_in_user_files(tmp_path):
     svamp_question = load_test_set("svamp", limit=1)[0]["instruction"]
     boolq_question = load_test_set("boolq", limit=1)[0]["instruction"]
     math_file, commonsense_file = tmp_path / "math.jsonl", tmp_path / "cs.json"
-    math_file.write_text("\n".join(json.dumps(r) for r in [
-        {"instruction": "  " + svamp_question.upper().replace(".", " . "), "output": "The answer is 8."},
-        {"instruction": "Tom has 3 apples and buys 2 more. How many now?", "output": "3 + 2 = 5\nThe answer is 5."},
-    ]))
-    commonsense_file.write_text(json.dumps([
-        {"instruction": boolq_question.replace("?", " ?"), "output": "the correct answer is true", "answer": "true"},
-        {"instruction": "Please answer: is water wet?\n\nAnswer format: true/false", "output": "the correct answer is true"},
-    ]))
+    math_file.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"instruction": "  " + svamp_question.upper().replace(".", " . "), "output": "The answer is 8."},
+                {
+                    "instruction": "Tom has 3 apples and buys 2 more. How many now?",
+                    "output": "3 + 2 = 5\nThe answer is 5.",
+                },
+            ]
+        )
+    )
+    commonsense_file.write_text(
+        json.dumps(
+            [
+                {
+                    "instruction": boolq_question.replace("?", " ?"),
+                    "output": "the correct answer is true",
+                    "answer": "true",
+                },
+                {
+                    "instruction": "Please answer: is water wet?\n\nAnswer format: true/false",
+                    "output": "the correct answer is true",
+                },
+            ]
+        )
+    )
     math_set = load_train_set(str(math_file))
     assert len(math_set.records) == 1 and math_set.dropped_by_text == {str(math_file): 1}
     commonsense_set = load_train_set(str(commonsense_file))
-    assert [r["instruction"] for r in commonsense_set.records] == ["Please answer: is water wet?\n\nAnswer format: true/false"]
+    assert [r["instruction"] for r in commonsense_set.records] == [
+        "Please answer: is water wet?\n\nAnswer format: true/false"
+    ]
     assert "1 more by question text" in commonsense_set.summary()
     assert load_train_set(str(commonsense_file), domain="math").dropped_by_text[str(commonsense_file)] == 0
 

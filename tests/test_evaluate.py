@@ -7,17 +7,27 @@ import math
 import pytest
 import torch
 
-from hyplora import evaluate as ev
-from hyplora.cli import main
-from hyplora.data import load_test_set
 from hyplora.cli import eval as eval_cli
+from hyplora.cli import main
 from hyplora.errors import InputError
-from hyplora.evaluate import (
-    AnswerFormat, answer_format, evaluate, extract_answer, generate_batched, generate_beam, generate_greedy,
-    is_correct, read_items, response_text, robust_response, write_atomic,
+from hyplora.harness import evaluation as ev
+from hyplora.harness.base_models import tiny_model
+from hyplora.harness.data import load_test_set
+from hyplora.harness.evaluation import (
+    AnswerFormat,
+    answer_format,
+    evaluate,
+    extract_answer,
+    generate_batched,
+    generate_beam,
+    generate_greedy,
+    is_correct,
+    read_items,
+    response_text,
+    robust_response,
+    write_atomic,
 )
-from hyplora.models import tiny_model
-from hyplora.prompts import eval_prompt
+from hyplora.harness.prompts import eval_prompt
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +165,9 @@ def test_paper_response_splits_the_decoded_prompt_and_keeps_special_tokens_for_m
     assert math_response == "The answer is 4."  # [1] of the split: the text between the two markers
     tail = tokenizer(" the correct answer is true")["input_ids"] + [tokenizer.eos_token_id]
     expected = "the correct answer is true"
-    assert response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="math") == expected + tokenizer.eos_token
+    assert (
+        response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="math") == expected + tokenizer.eos_token
+    )
     assert response_text(tokenizer, prompt_ids, tail, mode="paper", domain_name="commonsense") == expected
     assert response_text(tokenizer, prompt_ids, generated, mode="robust", domain_name="math") == "The answer is 4."
 
@@ -173,7 +185,9 @@ def _tiny_hyplora():
 
     from hyplora import HypLoraConfig
 
-    config = HypLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    config = HypLoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
     return get_peft_model(tiny_model("llama"), config).eval()
 
 
@@ -189,11 +203,17 @@ def test_batched_greedy_equals_one_prompt_at_a_time(arch):
     eos = next(t for t in candidates if 0 < sum(t in row[:-1] for row in free) < len(free))
     single = [generate_greedy(model, [p], max_new_tokens=steps, eos_ids={eos}, pad_id=2)[0] for p in prompts]
     assert any(len(s) < steps for s in single) and any(len(s) == steps for s in single)
-    batched = generate_batched(model, prompts, max_new_tokens=steps, num_beams=1, batch_size=5, eos_ids={eos}, pad_id=2)
+    batched = generate_batched(
+        model, prompts, max_new_tokens=steps, num_beams=1, batch_size=5, eos_ids={eos}, pad_id=2
+    )
     assert batched == single
     with torch.inference_mode():
-        reference = [model.generate(torch.tensor([p]), max_new_tokens=steps, do_sample=False, eos_token_id=eos,
-                                    pad_token_id=2)[0, len(p):].tolist() for p in prompts]
+        reference = [
+            model.generate(torch.tensor([p]), max_new_tokens=steps, do_sample=False, eos_token_id=eos, pad_token_id=2)[
+                0, len(p) :
+            ].tolist()
+            for p in prompts
+        ]
     assert [ev._until_eos(r, {eos}) for r in reference] == single
 
 
@@ -201,7 +221,9 @@ def test_batched_beam_search_equals_one_prompt_at_a_time():
     model = tiny_model("llama").double()
     prompts = _prompts(4, seed=1)
     single = [generate_beam(model, [p], max_new_tokens=6, num_beams=4, eos_ids={2}, pad_id=2)[0] for p in prompts]
-    assert generate_batched(model, prompts, max_new_tokens=6, num_beams=4, batch_size=3, eos_ids={2}, pad_id=2) == single
+    assert (
+        generate_batched(model, prompts, max_new_tokens=6, num_beams=4, batch_size=3, eos_ids={2}, pad_id=2) == single
+    )
     assert all(len(s) == 6 for s in single)
 
 
@@ -209,16 +231,33 @@ def test_generation_runs_in_eval_mode_and_restores_training_mode(tiny_llama, smo
     tiny_llama.train()
     modes = []
     tiny_llama.register_forward_hook(lambda module, args, output: modes.append(module.training))
-    evaluate(tiny_llama, smollm2_tokenizer, ["svamp"], limit=2, batch_size=2, mode="robust", output_dir=tmp_path,
-             max_new_tokens=2, progress=False)
+    evaluate(
+        tiny_llama,
+        smollm2_tokenizer,
+        ["svamp"],
+        limit=2,
+        batch_size=2,
+        mode="robust",
+        output_dir=tmp_path,
+        max_new_tokens=2,
+        progress=False,
+    )
     assert modes and not any(modes)
     assert tiny_llama.training
 
 
 # ----------------------------------------------------------------------------- reports and reuse
 def test_reports_and_reuse_of_finished_items(tiny_llama, smollm2_tokenizer, tmp_path, monkeypatch):
-    kwargs = dict(limit=3, batch_size=2, mode="paper", output_dir=tmp_path, max_new_tokens=3, num_beams=2,
-                  progress=False, run_info={"model": "tiny"})
+    kwargs = dict(
+        limit=3,
+        batch_size=2,
+        mode="paper",
+        output_dir=tmp_path,
+        max_new_tokens=3,
+        num_beams=2,
+        progress=False,
+        run_info={"model": "tiny"},
+    )
     summary = evaluate(tiny_llama, smollm2_tokenizer, ["svamp", "boolq"], **kwargs)
     assert set(summary["datasets"]) == {"svamp", "boolq"}
     svamp = read_items(tmp_path / "svamp.jsonl")
@@ -229,8 +268,7 @@ def test_reports_and_reuse_of_finished_items(tiny_llama, smollm2_tokenizer, tmp_
     assert svamp[0]["gold"] == "8.0" and svamp[0]["prompt"].startswith("Below is an instruction")
     stats = summary["datasets"]["svamp"]
     assert (stats["count"], stats["generated"], stats["reused"]) == (3, 3, 0)
-    assert summary["weighted_mean"] == pytest.approx(
-        sum(r["correct"] for r in summary["datasets"].values()) / 6)
+    assert summary["weighted_mean"] == pytest.approx(sum(r["correct"] for r in summary["datasets"].values()) / 6)
     assert summary["macro_mean"] == pytest.approx(sum(r["accuracy"] for r in summary["datasets"].values()) / 2)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     table = (tmp_path / "results.md").read_text()
@@ -253,8 +291,11 @@ def test_reports_and_reuse_of_finished_items(tiny_llama, smollm2_tokenizer, tmp_
 def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_path, monkeypatch):
     tokenizer = smollm2_tokenizer
     yes_no = tmp_path / "yes_no.json"
-    yes_no.write_text(json.dumps([{"instruction": "Is ice cold?", "answer": "true"},
-                                  {"instruction": "Is fire cold?", "answer": "false"}]))
+    yes_no.write_text(
+        json.dumps(
+            [{"instruction": "Is ice cold?", "answer": "true"}, {"instruction": "Is fire cold?", "answer": "false"}]
+        )
+    )
     golds = {eval_prompt(r["instruction"]): (i, r["answer"]) for i, r in enumerate(load_test_set("svamp", 4))}
     golds.update({eval_prompt(r["instruction"]): (0, r["answer"]) for r in json.loads(yes_no.read_text())})
 
@@ -267,8 +308,16 @@ def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_
         return outputs
 
     monkeypatch.setattr(ev, "generate_greedy", known_outputs)
-    summary = evaluate(tiny_llama, tokenizer, ["svamp", str(yes_no)], limit=4, batch_size=3, mode="robust",
-                       output_dir=tmp_path / "out", progress=False)
+    summary = evaluate(
+        tiny_llama,
+        tokenizer,
+        ["svamp", str(yes_no)],
+        limit=4,
+        batch_size=3,
+        mode="robust",
+        output_dir=tmp_path / "out",
+        progress=False,
+    )
     label = ev._file_label(str(yes_no))
     assert summary["datasets"][label]["domain"] == "commonsense" and summary["datasets"][label]["max_new_tokens"] == 32
     assert [(r["correct"], r["count"]) for r in summary["datasets"].values()] == [(2, 4), (2, 2)]
@@ -299,13 +348,23 @@ def test_an_interrupted_run_keeps_finished_batches(tiny_llama, smollm2_tokenizer
 
 
 def test_per_level_accuracy_from_records_with_levels(tiny_llama, smollm2_tokenizer, tmp_path):
-    records = [{"instruction": f"What is {i} + 1?", "input": "", "output": "", "answer": str(i + 1), "level": i % 2}
-               for i in range(4)]
+    records = [
+        {"instruction": f"What is {i} + 1?", "input": "", "output": "", "answer": str(i + 1), "level": i % 2}
+        for i in range(4)
+    ]
     path = tmp_path / "levels_test.json"
     path.write_text(json.dumps(records))
-    summary = evaluate(tiny_llama, smollm2_tokenizer, [str(path)], batch_size=4, mode="robust",
-                       output_dir=tmp_path / "out", max_new_tokens=2, progress=False)
-    (label, stats), = summary["datasets"].items()
+    summary = evaluate(
+        tiny_llama,
+        smollm2_tokenizer,
+        [str(path)],
+        batch_size=4,
+        mode="robust",
+        output_dir=tmp_path / "out",
+        max_new_tokens=2,
+        progress=False,
+    )
+    ((label, stats),) = summary["datasets"].items()
     assert stats["domain"] == "math" and set(stats["levels"]) == {"0", "1"}
     assert sum(level["count"] for level in stats["levels"].values()) == 4
     assert {item["level"] for item in read_items(tmp_path / "out" / f"{label}.jsonl")} == {0, 1}
@@ -331,13 +390,33 @@ def test_cli_end_to_end_with_adapter_and_rerun(tiny_model_dir, tmp_path, capsys)
     adapter = tmp_path / "adapter"
     _tiny_hyplora().save_pretrained(adapter)
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(tiny_model_dir), "--datasets", "svamp,aqua", "boolq", "--limit", "2",
-            "--batch-size", "2", "--mode", "robust", "--max-new-tokens", "3", "--output-dir", str(out)]
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--datasets",
+        "svamp,aqua",
+        "boolq",
+        "--limit",
+        "2",
+        "--batch-size",
+        "2",
+        "--mode",
+        "robust",
+        "--max-new-tokens",
+        "3",
+        "--output-dir",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| svamp |" in printed and "| aqua |" in printed and "weighted mean" in printed
     base = json.loads((out / "summary.json").read_text())
-    assert base["model"] == str(tiny_model_dir) and base["num_beams"] == 1 and base["mode_notes"] == list(ev.ROBUST_CHANGES)
+    assert (
+        base["model"] == str(tiny_model_dir)
+        and base["num_beams"] == 1
+        and base["mode_notes"] == list(ev.ROBUST_CHANGES)
+    )
     assert [base["datasets"][name]["count"] for name in ("svamp", "aqua", "boolq")] == [2, 2, 2]
     assert main(argv) == 0
     assert all(r["generated"] == 0 for r in json.loads((out / "summary.json").read_text())["datasets"].values())
@@ -356,8 +435,29 @@ def test_cli_merge_gives_the_unmerged_dora_outputs(tiny_model_dir, tmp_path):
     outputs = {}
     for merge in ([], ["--merge"]):
         out = tmp_path / f"eval{len(merge)}"
-        assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), *merge, "--datasets", "svamp",
-                     "--limit", "3", "--max-new-tokens", "4", "--mode", "robust", "--output-dir", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    str(tiny_model_dir),
+                    "--adapter",
+                    str(adapter),
+                    *merge,
+                    "--datasets",
+                    "svamp",
+                    "--limit",
+                    "3",
+                    "--max-new-tokens",
+                    "4",
+                    "--mode",
+                    "robust",
+                    "--output-dir",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert json.loads((out / "summary.json").read_text())["merged"] == bool(merge)
         outputs[bool(merge)] = [item["output"] for item in read_items(out / "svamp.jsonl")]
     assert outputs[True] == outputs[False] and len(outputs[True]) == 3
@@ -367,14 +467,17 @@ def test_cli_mode_choices_match_the_library():
     assert eval_cli.MODES == ev.MODES
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--datasets", "mnist"], "unknown test set"),
-    (["--datasets", "svamp", "--limit", "0"], "option limit"),
-    (["--datasets", "svamp", "--batch-size", "0"], "option batch_size"),
-    (["--datasets", "svamp", "--adapter", "no/such/adapter"], "adapter_config.json"),
-    (["--datasets", "svamp", "svamp"], "same set twice"),
-    (["--datasets", "svamp", "--merge"], "--merge: needs --adapter"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--datasets", "mnist"], "unknown test set"),
+        (["--datasets", "svamp", "--limit", "0"], "option limit"),
+        (["--datasets", "svamp", "--batch-size", "0"], "option batch_size"),
+        (["--datasets", "svamp", "--adapter", "no/such/adapter"], "adapter_config.json"),
+        (["--datasets", "svamp", "svamp"], "same set twice"),
+        (["--datasets", "svamp", "--merge"], "--merge: needs --adapter"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys, extra, message):
     assert main(["eval", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar of a model load, if any
@@ -385,8 +488,23 @@ def test_cli_refuses_to_merge_hyplora(tiny_model_dir, tmp_path, capsys):
     adapter = tmp_path / "adapter"
     _tiny_hyplora().save_pretrained(adapter)
     out = tmp_path / "o"
-    assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--merge", "--datasets", "svamp",
-                 "--output-dir", str(out)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_model_dir),
+                "--adapter",
+                str(adapter),
+                "--merge",
+                "--datasets",
+                "svamp",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("hyplora eval: error: --merge:") and "HypLoRA" in err and not out.exists()
 
@@ -399,13 +517,20 @@ def test_bad_files_and_options(tiny_llama, smollm2_tokenizer, tmp_path):
     message = one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1, output_dir=corrupt, **run)
     assert "svamp.jsonl" in message and "line 1" in message
     (corrupt / "svamp.jsonl").write_text("{not json\n")
-    assert "line 1 is not valid JSON" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1,
-                                                        output_dir=corrupt, **run)
+    assert "line 1 is not valid JSON" in one_line_error(
+        evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1, output_dir=corrupt, **run
+    )
     a_file = tmp_path / "file"
     a_file.write_text("")
-    assert "not a folder" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], output_dir=a_file, **run)
-    assert "unknown mode" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], mode="exact",
-                                            output_dir=tmp_path, **run)
-    assert "non-empty list" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, "svamp", output_dir=tmp_path, **run)
-    assert "num_beams" in one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], num_beams=0,
-                                         output_dir=tmp_path, **run)
+    assert "not a folder" in one_line_error(
+        evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], output_dir=a_file, **run
+    )
+    assert "unknown mode" in one_line_error(
+        evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], mode="exact", output_dir=tmp_path, **run
+    )
+    assert "non-empty list" in one_line_error(
+        evaluate, tiny_llama, smollm2_tokenizer, "svamp", output_dir=tmp_path, **run
+    )
+    assert "num_beams" in one_line_error(
+        evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], num_beams=0, output_dir=tmp_path, **run
+    )

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyplora import lorentz
+from hyplora.adapter import lorentz
 
 SETTINGS = settings(max_examples=60, deadline=None)
 curvatures = st.floats(1e-2, 1e2)
@@ -26,7 +26,9 @@ def tangent(seed, dim, magnitude, dtype=torch.float32):
 def test_expmap0_lands_on_the_manifold(seed, k, log_mag, dim):
     x = lorentz.expmap0(tangent(seed, dim, 10.0**log_mag, torch.float64), k=k)
     # <x,x>_L = -K up to the rounding of x0^2 (x0 <= sqrt(K) * 2^15 after clipping)
-    torch.testing.assert_close(lorentz.inner(x, x), torch.full((5, 1), -k, dtype=x.dtype), rtol=1e-9, atol=1e-9 * (x[:, :1] ** 2).max().item())
+    torch.testing.assert_close(
+        lorentz.inner(x, x), torch.full((5, 1), -k, dtype=x.dtype), rtol=1e-9, atol=1e-9 * (x[:, :1] ** 2).max().item()
+    )
     assert (x[:, 0] > 0).all()
 
 
@@ -73,7 +75,9 @@ def test_dist_is_exact_for_nearby_points_where_arccosh_fails():
 @pytest.mark.parametrize("k", [0.5, 1.0, 2.0])
 def test_logmap0_of_lifted_point_has_the_stable_closed_form(k):
     y = torch.tensor([[3e-4, 0.0], [1.0, 2.0], [300.0, -400.0]], dtype=torch.float64)
-    expected = math.sqrt(k) * torch.asinh(y.norm(dim=-1, keepdim=True) / math.sqrt(k)) * y / y.norm(dim=-1, keepdim=True)
+    expected = (
+        math.sqrt(k) * torch.asinh(y.norm(dim=-1, keepdim=True) / math.sqrt(k)) * y / y.norm(dim=-1, keepdim=True)
+    )
     torch.testing.assert_close(lorentz.logmap0(lorentz.lift(y, k=k), k=k)[:, 1:], expected, rtol=1e-12, atol=0)
     assert (lorentz.logmap0(lorentz.lift(y, k=k), k=k)[:, 0] == 0).all()
 

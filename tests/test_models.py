@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyplora import models
 from hyplora.errors import InputError
-from hyplora.models import PACKAGED_MODELS, cache_dir, load_model, load_tokenizer, tiny_model
+from hyplora.harness import base_models as models
+from hyplora.harness.base_models import PACKAGED_MODELS, cache_dir, load_model, load_tokenizer, tiny_model
 
 
 @pytest.mark.parametrize("arch, cls_name", [("llama", "LlamaForCausalLM"), ("gemma", "Gemma3ForCausalLM")])
@@ -25,7 +25,7 @@ def test_tiny_model_is_small_seeded_and_leaves_the_global_rng_alone(arch, cls_na
     assert model.config.vocab_size == 49152 and model.config.num_hidden_layers == 2
     assert sum(p.numel() for p in model.parameters()) < 4_000_000
     same, other = tiny_model(arch), tiny_model(arch, seed=1)
-    for (name, p), q, r in zip(model.named_parameters(), same.parameters(), other.parameters()):
+    for (name, p), q in zip(model.named_parameters(), same.parameters()):
         assert torch.equal(p, q), name
     assert any(not torch.equal(p, r) for p, r in zip(model.parameters(), other.parameters()))
 
@@ -107,8 +107,14 @@ def test_concurrent_conversions_convert_once_and_publish_atomically(monkeypatch,
     stale = tmp_path / "models" / ".demo.tmp-killed"
     stale.mkdir(parents=True)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(
-        models._cached_conversion("demo", lambda workdir: Path("demo.gguf"), source="test"))) for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                models._cached_conversion("demo", lambda workdir: Path("demo.gguf"), source="test")
+            )
+        )
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -161,4 +167,4 @@ def test_packaged_smollm2_loads_from_the_safetensors_cache(smollm2, smollm2_toke
     inputs = smollm2_tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         output = smollm2.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert "Paris" in smollm2_tokenizer.decode(output[0, inputs["input_ids"].shape[1]:])
+    assert "Paris" in smollm2_tokenizer.decode(output[0, inputs["input_ids"].shape[1] :])

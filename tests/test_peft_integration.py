@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from hyplora import HypLoraConfig, check_hyplora_layers, load_adapter
+from hyplora.adapter.layer import HypLoraLinear, HypLoraLinearVariant
 from hyplora.errors import InputError
-from hyplora.layer import HypLoraLinear, HypLoraLinearVariant
-from hyplora.models import tiny_model
+from hyplora.harness.base_models import tiny_model
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
@@ -52,7 +52,12 @@ CASES = [  # (name, model builder, config kwargs, input builder)
     ("mlp", MLP, {"target_modules": ["lin0", "lin1"]}, lambda: torch.randn(3, 10)),
     ("llama", lambda: tiny_model("llama", vocab_size=1024), {}, input_ids),
     ("gemma", lambda: tiny_model("gemma", vocab_size=1024), {"input_scaling": "unit"}, input_ids),
-    ("llama-learned-k", lambda: tiny_model("llama", vocab_size=1024), {"learn_curvature": True, "curvature": 0.5}, input_ids),
+    (
+        "llama-learned-k",
+        lambda: tiny_model("llama", vocab_size=1024),
+        {"learn_curvature": True, "curvature": 0.5},
+        input_ids,
+    ),
 ]
 
 
@@ -260,7 +265,9 @@ def test_add_weighted_adapter_is_refused(combination):
 
 
 def test_add_weighted_adapter_still_works_for_plain_lora():
-    model = get_peft_model(tiny_model("llama", vocab_size=1024), LoraConfig(r=4, target_modules=TARGETS), adapter_name="a")
+    model = get_peft_model(
+        tiny_model("llama", vocab_size=1024), LoraConfig(r=4, target_modules=TARGETS), adapter_name="a"
+    )
     model.add_adapter("b", LoraConfig(r=4, target_modules=TARGETS))
     model.add_weighted_adapter(["a", "b"], [0.5, 0.5], "ab", combination_type="linear")
     assert "ab" in model.peft_config
@@ -272,8 +279,16 @@ def test_data_driven_inits_are_refused(init):
         hyp_config(init_lora_weights=init)
 
 
-@pytest.mark.parametrize("field,value", [("use_dora", True), ("lora_bias", True), ("curvature", 0.0),
-                                         ("input_scaling", "layer"), ("target_parameters", ["w"])])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("use_dora", True),
+        ("lora_bias", True),
+        ("curvature", 0.0),
+        ("input_scaling", "layer"),
+        ("target_parameters", ["w"]),
+    ],
+)
 def test_incompatible_options_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         hyp_config(**{field: value})
@@ -349,8 +364,10 @@ def test_real_smollm2_trains_and_round_trips(smollm2, smollm2_tokenizer, tmp_pat
     base_state = {k: v.clone() for k, v in smollm2.state_dict().items()}
     model = get_peft_model(smollm2, hyp_config(r=8, lora_alpha=16, input_scaling="unit"))
     assert check_hyplora_layers(model) == 5 * smollm2.config.num_hidden_layers
-    text = ["Question: Natalia sold 48 clips in April and half as many in May. How many in total? "
-            "Answer: 48 / 2 = 24 in May, 48 + 24 = 72. The answer is 72."] * 2
+    text = [
+        "Question: Natalia sold 48 clips in April and half as many in May. How many in total? "
+        "Answer: 48 / 2 = 24 in May, 48 + 24 = 72. The answer is 72."
+    ] * 2
     batch = smollm2_tokenizer(text, return_tensors="pt")
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)

@@ -13,7 +13,7 @@ from peft import get_peft_model
 from torch import nn
 
 from hyplora import HypLoraConfig
-from hyplora.layer import hyplora_forward, hyplora_forward_literal
+from hyplora.adapter.layer import hyplora_forward, hyplora_forward_literal
 
 DEVICE = torch.device(os.environ.get("HYPLORA_TEST_DEVICE", "cpu"))
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,7 +33,9 @@ def autocast(dtype):
 def hyplora_linear(dtype, input_scaling, d_in=32, d_out=24, r=4):
     torch.manual_seed(0)
     base = nn.Sequential(OrderedDict(lin=nn.Linear(d_in, d_out))).to(DEVICE, dtype)
-    config = HypLoraConfig(r=r, lora_alpha=8, target_modules=["lin"], input_scaling=input_scaling, learn_curvature=True)
+    config = HypLoraConfig(
+        r=r, lora_alpha=8, target_modules=["lin"], input_scaling=input_scaling, learn_curvature=True
+    )
     model = get_peft_model(base, config)
     layer = model.base_model.model.lin
     with torch.no_grad():
@@ -95,7 +97,11 @@ def test_forward_and_gradients_equal_the_float32_literal_form(model_dtype, autoc
     for name, got, want in zip(params, grads[1:], want_grads[1:]):
         assert got.dtype == torch.float32, name
         torch.testing.assert_close(
-            got, want, rtol=0, atol=PARAM_GRAD_RTOL * want.abs().max().item() + 1e-6, msg=lambda m: f"{name}: {m}"
+            got,
+            want,
+            rtol=0,
+            atol=PARAM_GRAD_RTOL * want.abs().max().item() + 1e-6,
+            msg=lambda m, name=name: f"{name}: {m}",
         )
 
 
@@ -120,8 +126,16 @@ def test_finite_from_zero_to_the_largest_finite_input(model_dtype, autocast_name
     log_scale = torch.zeros(1, device=DEVICE, requires_grad=True)
     result = torch.zeros(8, d_out, device=DEVICE, dtype=dtype, requires_grad=True)
     with autocast(amp):
-        out = hyplora_forward(result, x, a, b, sqrt_k=sqrt_k, scaling=2.0, input_scaling=input_scaling,
-                              log_scale=log_scale if input_scaling != "none" else None)
+        out = hyplora_forward(
+            result,
+            x,
+            a,
+            b,
+            sqrt_k=sqrt_k,
+            scaling=2.0,
+            input_scaling=input_scaling,
+            log_scale=log_scale if input_scaling != "none" else None,
+        )
     assert out.dtype == dtype
     assert torch.isfinite(out).all(), out
     leaves = [x, a, b, sqrt_k] + ([log_scale] if input_scaling != "none" else [])

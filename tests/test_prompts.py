@@ -3,7 +3,14 @@
 import pytest
 
 from hyplora.errors import InputError
-from hyplora.prompts import IGNORE_INDEX, RESPONSE_SPLIT, chat_prompt, eval_prompt, tokenize_example, train_prompt
+from hyplora.harness.prompts import (
+    IGNORE_INDEX,
+    RESPONSE_SPLIT,
+    chat_prompt,
+    eval_prompt,
+    tokenize_example,
+    train_prompt,
+)
 
 # The upstream strings as Python literals (finetune.py and evaluate.py @ 8166572); every space counts.
 TRAIN_NO_INPUT = (

@@ -19,14 +19,25 @@ from safetensors.torch import load_file
 
 from hyplora.cli import main as cli_main
 from hyplora.errors import InputError
-from hyplora.models import load_model, tiny_model
-from hyplora.train import FineTuneRecipe, TrainArgs, adapter_config, last_checkpoint, train
+from hyplora.harness.base_models import load_model, tiny_model
+from hyplora.harness.training import FineTuneRecipe, TrainArgs, adapter_config, last_checkpoint, train
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # Small but real: 2 epochs of 6 steps (48 examples, global batch 8), checkpoints every 4 steps.
 TINY_RUN = dict(
-    rank=4, alpha=8.0, lr=1e-2, max_steps=12, batch_size=8, micro_batch_size=4, warmup_steps=2,
-    val_size=8, limit=48, cutoff_len=128, save_steps=4, logging_steps=1, seed=3,
+    rank=4,
+    alpha=8.0,
+    lr=1e-2,
+    max_steps=12,
+    batch_size=8,
+    micro_batch_size=4,
+    warmup_steps=2,
+    val_size=8,
+    limit=48,
+    cutoff_len=128,
+    save_steps=4,
+    logging_steps=1,
+    seed=3,
 )
 
 
@@ -43,7 +54,14 @@ def _arithmetic_records() -> list[dict]:
     records = []
     for i in range(64):
         a, b = 7 * i % 50 + 1, 13 * i % 40 + 2
-        records.append({"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} + {b} = {a + b}. The answer is {a + b}", "answer": str(a + b)})
+        records.append(
+            {
+                "instruction": f"What is {a} plus {b}?",
+                "input": "",
+                "output": f"{a} + {b} = {a + b}. The answer is {a + b}",
+                "answer": str(a + b),
+            }
+        )
     return records
 
 
@@ -64,10 +82,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from hyplora.prompts import eval_prompt, train_prompt
+    from hyplora.harness.prompts import eval_prompt, train_prompt
 
     pieces_pattern = r"\s+|\w+|[^\w\s]"
-    texts = [train_prompt(r["instruction"], "", r["output"]) + eval_prompt(r["instruction"]) for r in _arithmetic_records()]
+    texts = [
+        train_prompt(r["instruction"], "", r["output"]) + eval_prompt(r["instruction"]) for r in _arithmetic_records()
+    ]
     vocab = ["<unk>", "<s>", "</s>"] + sorted({piece for text in texts for piece in re.findall(pieces_pattern, text)})
     backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(vocab)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(pieces_pattern), "isolated")
@@ -153,11 +173,17 @@ def test_train_writes_a_loadable_adapter_and_lowers_validation_loss(tiny_model_d
     from PIL import Image
 
     from hyplora import load_adapter
-    from hyplora.models import load_model
+    from hyplora.harness.base_models import load_model
 
     out = train(_args(tiny_model_dir, arithmetic_data, tmp_path / "run", learn_curvature=True))
     names = {path.name for path in out.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "train_args.json", "loss_log.jsonl", "loss.png"} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "train_args.json",
+        "loss_log.jsonl",
+        "loss.png",
+    } <= names
     assert {"checkpoint-4", "checkpoint-8", "checkpoint-12"} <= names
     with Image.open(out / "loss.png") as plot:
         assert plot.format == "PNG"
@@ -193,7 +219,7 @@ def test_train_writes_a_loadable_adapter_and_lowers_validation_loss(tiny_model_d
 PAUSING_DRIVER = """
 import pathlib, sys, time
 from transformers import TrainerCallback
-import hyplora.train
+import hyplora.harness.training
 from hyplora.cli import main
 
 marker, pause_step = pathlib.Path(sys.argv[1]), int(sys.argv[2])
@@ -204,30 +230,46 @@ class PauseAtStep(TrainerCallback):
             marker.touch()
             time.sleep(600)  # the test kills the process here
 
-setup_trainer = hyplora.train.FineTuneRecipe._setup_trainer
+setup_trainer = hyplora.harness.training.FineTuneRecipe._setup_trainer
 def with_pause(self):
     setup_trainer(self)
     self.trainer.add_callback(PauseAtStep())
-hyplora.train.FineTuneRecipe._setup_trainer = with_pause
+hyplora.harness.training.FineTuneRecipe._setup_trainer = with_pause
 sys.exit(main(sys.argv[3:]))
 """
 
 
 def _run_cli(argv, **kwargs):
-    return subprocess.run([sys.executable, "-m", "hyplora.cli", *argv], env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "hyplora.cli", *argv],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_finishes_with_the_uninterrupted_adapter(tiny_model_dir, arithmetic_data, tmp_path):
-    common = {**TINY_RUN, "model": tiny_model_dir, "data": arithmetic_data}  # dropout 0.05 stays on: RNG is restored too
+    common = {
+        **TINY_RUN,
+        "model": tiny_model_dir,
+        "data": arithmetic_data,
+    }  # dropout 0.05 stays on: RNG is restored too
     full = _run_cli(["train", *_cli_flags({**common, "output_dir": tmp_path / "full"})])
     assert full.returncode == 0, full.stderr[-3000:]
 
     # Killed at step 10, two steps after checkpoint-8 and in the second epoch.
     killed_dir, marker = tmp_path / "killed", tmp_path / "paused"
     flags = _cli_flags({**common, "output_dir": killed_dir})
-    proc = subprocess.Popen([sys.executable, "-c", PAUSING_DRIVER, str(marker), "10", "train", *flags],
-                            env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_DRIVER, str(marker), "10", "train", *flags],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not marker.exists():
         assert proc.poll() is None, f"run ended before step 10: {proc.stderr.read()[-3000:]}"
@@ -248,14 +290,21 @@ def test_resume_after_sigkill_finishes_with_the_uninterrupted_adapter(tiny_model
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from checkpoint-8" in resumed.stdout
 
-    expected, actual = load_file(tmp_path / "full" / "adapter_model.safetensors"), load_file(killed_dir / "adapter_model.safetensors")
+    expected, actual = (
+        load_file(tmp_path / "full" / "adapter_model.safetensors"),
+        load_file(killed_dir / "adapter_model.safetensors"),
+    )
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
     assert any(tensor.abs().max() > 1e-3 for key, tensor in expected.items() if "lora_B" in key)  # it did train
 
     def train_losses(folder):
-        return [(e["step"], e["loss"]) for e in map(json.loads, (folder / "loss_log.jsonl").read_text().splitlines()) if "loss" in e]
+        return [
+            (e["step"], e["loss"])
+            for e in map(json.loads, (folder / "loss_log.jsonl").read_text().splitlines())
+            if "loss" in e
+        ]
 
     assert [step for step, _ in train_losses(killed_dir)] == list(range(1, 13))
     torch.testing.assert_close(train_losses(killed_dir), train_losses(tmp_path / "full"), rtol=1e-5, atol=1e-6)
@@ -272,14 +321,31 @@ def test_ddp_two_processes_save_the_single_process_adapter(tiny_model_dir, arith
 
     flags = _cli_flags({**options, "model": tiny_model_dir, "data": arithmetic_data, "output_dir": tmp_path / "ddp"})
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hyplora.cli", "train", *flags],
-        env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "hyplora.cli",
+            "train",
+            *flags,
+        ],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     record = json.loads((tmp_path / "ddp" / "train_args.json").read_text())
     assert (record["run"]["world_size"], record["run"]["gradient_accumulation_steps"]) == (2, 1)
 
-    expected, actual = load_file(single / "adapter_model.safetensors"), load_file(tmp_path / "ddp" / "adapter_model.safetensors")
+    expected, actual = (
+        load_file(single / "adapter_model.safetensors"),
+        load_file(tmp_path / "ddp" / "adapter_model.safetensors"),
+    )
     # 2 layers x 5 target modules x (lora_A, lora_B, input scale, curvature)
     assert len(expected) == 40 and actual.keys() == expected.keys()
     q_a = next(key for key in actual if "layers.0.self_attn.q_proj.lora_A" in key)
@@ -294,15 +360,23 @@ def test_ddp_two_processes_save_the_single_process_adapter(tiny_model_dir, arith
 def test_target_modules_accept_names_or_one_regular_expression(tiny_model_dir, tmp_path):
     from peft import get_peft_model
 
-    from hyplora.models import load_model
+    from hyplora.harness.base_models import load_model
 
     pattern = r".*layers\.0\..*(q_proj|v_proj)"
     args = _args(tiny_model_dir, "unused", tmp_path, target_modules=pattern)
     assert args.peft_target_modules == pattern
-    assert _args(tiny_model_dir, "unused", tmp_path, target_modules="q_proj, v_proj").peft_target_modules == ["q_proj", "v_proj"]
+    assert _args(tiny_model_dir, "unused", tmp_path, target_modules="q_proj, v_proj").peft_target_modules == [
+        "q_proj",
+        "v_proj",
+    ]
     model, _ = load_model(tiny_model_dir)
-    adapted = {name for name, _ in get_peft_model(model, adapter_config(args)).named_modules() if name.endswith(".lora_A")}
-    assert adapted == {"base_model.model.model.layers.0.self_attn.q_proj.lora_A", "base_model.model.model.layers.0.self_attn.v_proj.lora_A"}
+    adapted = {
+        name for name, _ in get_peft_model(model, adapter_config(args)).named_modules() if name.endswith(".lora_A")
+    }
+    assert adapted == {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A",
+        "base_model.model.model.layers.0.self_attn.v_proj.lora_A",
+    }
 
     recipe = FineTuneRecipe(_args(tiny_model_dir, "unused", tmp_path, target_modules="q_proj,qkv_proj"))
     with pytest.raises(InputError, match="--target-modules qkv_proj: no such layer"):
@@ -327,7 +401,9 @@ def test_data_seed_gives_every_seed_the_same_validation_split(tiny_model_dir, ar
         recipe = FineTuneRecipe(_args(tiny_model_dir, arithmetic_data, tmp_path / "run", **overrides))
         recipe.tokenizer = load_model(tiny_model_dir)[1]
         recipe._setup_data()
-        return [example["input_ids"] for example in recipe.val_dataset], [example["input_ids"] for example in recipe.train_dataset]
+        return [example["input_ids"] for example in recipe.val_dataset], [
+            example["input_ids"] for example in recipe.train_dataset
+        ]
 
     val_0, train_0 = split(seed=0)
     val_1, _ = split(seed=1)

@@ -1,7 +1,7 @@
 """Norms of the inputs the study's adapted layers see, and what each HypLoRA input scaling makes of them.
 
 The `scale-none` ablation (u = x) scored below the base model. This measures what it fed the exponential map:
-the time coordinate is sqrt(K) cosh(|u|/sqrt(K)), and `hyplora.lorentz` clips |u| at sqrt(K) * MAX_TANGENT_NORM
+the time coordinate is sqrt(K) cosh(|u|/sqrt(K)), and `hyplora.adapter.lorentz` clips |u| at sqrt(K) * MAX_TANGENT_NORM
 (~11.09), beyond which the map no longer depends on |u|. Writes `results/input_norms.json`; `analyze.py` quotes it.
 
     python examples/cpu_study/input_norms.py          # SmolLM2-135M, the first 8 training examples, ~1 min
@@ -20,16 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from study import DESIGN, RESULTS_DIR  # noqa: E402
 
-from hyplora.data import load_train_set  # noqa: E402
-from hyplora.layer import tangent_scale  # noqa: E402
-from hyplora.lorentz import MAX_TANGENT_NORM, expmap0_scalars  # noqa: E402
-from hyplora.models import load_model  # noqa: E402
-from hyplora.prompts import train_prompt  # noqa: E402
+from hyplora.adapter.layer import tangent_scale  # noqa: E402
+from hyplora.adapter.lorentz import MAX_TANGENT_NORM, expmap0_scalars  # noqa: E402
+from hyplora.harness.base_models import load_model  # noqa: E402
+from hyplora.harness.data import load_train_set  # noqa: E402
+from hyplora.harness.prompts import train_prompt  # noqa: E402
 
 N_EXAMPLES = 8
 
 
-def input_norms(model, tokenizer, texts: list[str], targets: list[str], cutoff_len: int) -> dict[str, tuple[int, np.ndarray]]:
+def input_norms(
+    model, tokenizer, texts: list[str], targets: list[str], cutoff_len: int
+) -> dict[str, tuple[int, np.ndarray]]:
     """Per target module name (e.g. `q_proj`): its `in_features` and |x| of every token's input, all layers and texts."""
     norms: dict[str, list] = {name: [] for name in targets}
     in_features = {}
@@ -38,8 +40,11 @@ def input_norms(model, tokenizer, texts: list[str], targets: list[str], cutoff_l
         target = module_name.rsplit(".", 1)[-1]
         if target in norms:
             in_features[target] = module.in_features
-            hooks.append(module.register_forward_pre_hook(
-                lambda _, args, target=target: norms[target].append(args[0].detach().norm(dim=-1).flatten())))
+            hooks.append(
+                module.register_forward_pre_hook(
+                    lambda _, args, target=target: norms[target].append(args[0].detach().norm(dim=-1).flatten())
+                )
+            )
     try:
         with torch.no_grad():
             for text in texts:
@@ -60,7 +65,9 @@ def time_coordinate(norm: float, input_scaling: str, in_features: int) -> float:
 def main() -> int:
     torch.set_num_threads(DESIGN["threads"])
     targets = DESIGN["adapter"]["target_modules"].split(",")
-    records = load_train_set(DESIGN["tasks"]["math"]["train"], seed=DESIGN["schedule"]["data_seed"]).records[:N_EXAMPLES]
+    records = load_train_set(DESIGN["tasks"]["math"]["train"], seed=DESIGN["schedule"]["data_seed"]).records[
+        :N_EXAMPLES
+    ]
     texts = [train_prompt(r["instruction"], r.get("input", ""), r["output"]) for r in records]
     model, tokenizer = load_model(DESIGN["model"])
     norms = input_norms(model, tokenizer, texts, targets, DESIGN["schedule"]["cutoff_len"])
@@ -68,14 +75,20 @@ def main() -> int:
     for name, (in_features, values) in norms.items():
         low, median, high = (float(np.percentile(values, p)) for p in (5, 50, 95))
         report["modules"][name] = {
-            "tokens_x_layers": int(values.size), "in_features": in_features,
-            "norm_p5_p50_p95": [low, median, high], "norm_max": float(values.max()),
-            "time_at_median": {scaling: time_coordinate(median, scaling, in_features) for scaling in ("none", "unit", "rms")},
+            "tokens_x_layers": int(values.size),
+            "in_features": in_features,
+            "norm_p5_p50_p95": [low, median, high],
+            "norm_max": float(values.max()),
+            "time_at_median": {
+                scaling: time_coordinate(median, scaling, in_features) for scaling in ("none", "unit", "rms")
+            },
             "share_clipped_none": float(np.mean(values > MAX_TANGENT_NORM)),
         }
-        print(f"{name:>10}: |x| median {median:8.2f}, 5-95% [{low:.2f}, {high:.2f}], max {values.max():.1f};"
-              f" clipped with u = x: {100 * report['modules'][name]['share_clipped_none']:.1f}%;"
-              f" time at the median: {report['modules'][name]['time_at_median']}")
+        print(
+            f"{name:>10}: |x| median {median:8.2f}, 5-95% [{low:.2f}, {high:.2f}], max {values.max():.1f};"
+            f" clipped with u = x: {100 * report['modules'][name]['share_clipped_none']:.1f}%;"
+            f" time at the median: {report['modules'][name]['time_at_median']}"
+        )
     path = RESULTS_DIR / "input_norms.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {path}")

@@ -30,8 +30,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from study import (  # noqa: E402
-    DESIGN, REPO_DIR, RESULTS_DIR, STAGES, WORK_DIR, EvalJob, TrainJob, read_json, stages,
-    test_overlap, unique_jobs, use_smoke_design,
+    DESIGN,
+    REPO_DIR,
+    RESULTS_DIR,
+    STAGES,
+    WORK_DIR,
+    EvalJob,
+    TrainJob,
+    read_json,
+    stages,
+    test_overlap,
+    unique_jobs,
+    use_smoke_design,
 )
 
 from hyplora.errors import InputError  # noqa: E402
@@ -41,7 +51,7 @@ COMPUTE_LOG = "compute.jsonl"
 
 # ----------------------------------------------------------------------------- summaries
 def _write_json(path: Path, value, indent: int | None = 1) -> None:
-    from hyplora.evaluate import write_atomic
+    from hyplora.harness.evaluation import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(value, indent=indent) + "\n")
@@ -53,8 +63,13 @@ def train_summary(job: TrainJob, work_dir: Path) -> dict:
     record = json.loads((folder / "train_args.json").read_text())
     log = [json.loads(line) for line in (folder / "loss_log.jsonl").read_text().splitlines() if line.strip()]
     return {
-        "name": job.name, "task": job.task, "method": job.method, "lr": job.lr, "seed": job.seed,
-        "variant": job.variant, "options": dict(job.options),
+        "name": job.name,
+        "task": job.task,
+        "method": job.method,
+        "lr": job.lr,
+        "seed": job.seed,
+        "variant": job.variant,
+        "options": dict(job.options),
         **record,
         # the recipe's final validation pass repeats the Trainer's last one when the steps line up: one point per step
         "val_curve": sorted({entry["step"]: entry["eval_loss"] for entry in log if "eval_loss" in entry}.items()),
@@ -64,7 +79,7 @@ def train_summary(job: TrainJob, work_dir: Path) -> dict:
 
 def eval_summary(job: EvalJob, work_dir: Path) -> dict:
     """`summary.json` plus per-item correctness (0/1 lists, in item order) and levels where the data has them."""
-    from hyplora.evaluate import read_items
+    from hyplora.harness.evaluation import read_items
 
     folder = job.folder(work_dir)
     summary = json.loads((folder / "summary.json").read_text())
@@ -74,8 +89,14 @@ def eval_summary(job: EvalJob, work_dir: Path) -> dict:
         items[label] = {"correct": [int(row["correct"]) for row in rows]}
         if rows and all("level" in row for row in rows):
             items[label]["level"] = [row["level"] for row in rows]
-    return {"name": job.name, "task": job.task, "protocol": job.protocol,
-            "run": job.run.name if job.run is not None else None, "summary": summary, "items": items}
+    return {
+        "name": job.name,
+        "task": job.task,
+        "protocol": job.protocol,
+        "run": job.run.name if job.run is not None else None,
+        "summary": summary,
+        "items": items,
+    }
 
 
 def sync_results(jobs, work_dir: Path, results_dir: Path) -> list[str]:
@@ -85,8 +106,12 @@ def sync_results(jobs, work_dir: Path, results_dir: Path) -> list[str]:
         subfolder = "runs" if job.kind == "train" else "evals"
         target = results_dir / subfolder / f"{job.name}.json"
         copied_before = read_json(target)
-        if copied_before is not None and (job.kind == "train" or (copied_before["summary"].get("limit") == job.limit
-                                                                  and set(copied_before["items"]) == set(job.datasets))):
+        if copied_before is not None and (
+            job.kind == "train"
+            or (
+                copied_before["summary"].get("limit") == job.limit and set(copied_before["items"]) == set(job.datasets)
+            )
+        ):
             continue  # an evaluation copied before its slices grew is copied again once the larger one is done
         if job.state(work_dir) != "done":
             continue
@@ -165,8 +190,12 @@ class Runner:
         """Run one job; return `done`, `failed` or `interrupted` (deadline, signal)."""
         log_path = self.work_dir / "logs" / f"{job.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(DESIGN["threads"]), "MKL_NUM_THREADS": str(DESIGN["threads"]),
-               "TOKENIZERS_PARALLELISM": "false"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(DESIGN["threads"]),
+            "MKL_NUM_THREADS": str(DESIGN["threads"]),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
         if job.kind == "train" and job.state(self.work_dir) == "new":
             set_aside_unfinished(job, self.work_dir)
         command = self.command(job)
@@ -184,7 +213,13 @@ class Runner:
                 except subprocess.TimeoutExpired:
                     pass
         code, self.child = self.child.returncode, None
-        status = "done" if code == 0 and job.state(self.work_dir) == "done" else "interrupted" if self.stopping else "failed"
+        status = (
+            "done"
+            if code == 0 and job.state(self.work_dir) == "done"
+            else "interrupted"
+            if self.stopping
+            else "failed"
+        )
         self._log_compute(job, status, started, load_start, estimate)
         if status == "done":
             if job.kind == "train":
@@ -194,10 +229,15 @@ class Runner:
 
     def _log_compute(self, job, status: str, started: float, load_start, estimate: float) -> None:
         record = {
-            "job": job.name, "kind": job.kind, "stage": job.stage, "status": status,
+            "job": job.name,
+            "kind": job.kind,
+            "stage": job.stage,
+            "status": status,
             "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
-            "wall_s": round(time.time() - started, 1), "estimate_s": round(estimate, 1),
-            "load_start": [round(x, 2) for x in load_start], "load_end": [round(x, 2) for x in os.getloadavg()],
+            "wall_s": round(time.time() - started, 1),
+            "estimate_s": round(estimate, 1),
+            "load_start": [round(x, 2) for x in load_start],
+            "load_end": [round(x, 2) for x in os.getloadavg()],
         }
         self.results_dir.mkdir(parents=True, exist_ok=True)
         with (self.results_dir / COMPUTE_LOG).open("a") as ledger:
@@ -233,22 +273,40 @@ def claim_next_job(selected: tuple[str, ...], work_dir: Path, results_dir: Path,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES),
-                        help="stages to run, in study order (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--stage", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run, in study order (default: all)"
+    )
     parser.add_argument("--plan-only", action="store_true", help="print the compute plan and exit")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="start no job whose estimate ends past this many minutes; stop a job still running then"
-                             " (it resumes next time)")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
-                        help="adapters, checkpoints, eval JSONL (default: %(default)s)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="committed summaries (default: %(default)s)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a minutes-long run of the whole flow (2 steps, 4 items per slice) in a temporary folder")
-    parser.add_argument("--levels-dir", type=Path, default=None,
-                        help="HypLLM updated_level1.json folder for accuracy by level (default: $HYPLORA_LEVELS_DIR; "
-                             "none: no per-level accuracy)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="start no job whose estimate ends past this many minutes; stop a job still running then"
+        " (it resumes next time)",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=WORK_DIR, help="adapters, checkpoints, eval JSONL (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="committed summaries (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a minutes-long run of the whole flow (2 steps, 4 items per slice) in a temporary folder",
+    )
+    parser.add_argument(
+        "--levels-dir",
+        type=Path,
+        default=None,
+        help="HypLLM updated_level1.json folder for accuracy by level (default: $HYPLORA_LEVELS_DIR; "
+        "none: no per-level accuracy)",
+    )
     args = parser.parse_args(argv)
     selected = tuple(stage for stage in STAGES if stage in args.stage)
     if args.smoke:
@@ -256,8 +314,9 @@ def main(argv=None) -> int:
         if args.work_dir == WORK_DIR or args.results_dir == RESULTS_DIR:
             scratch = Path(tempfile.mkdtemp(prefix="cpu_study_smoke_"))
             args.work_dir, args.results_dir = scratch / "work", scratch / "results"
-    levels_dir = args.levels_dir or (Path(os.environ["HYPLORA_LEVELS_DIR"]) if os.environ.get("HYPLORA_LEVELS_DIR")
-                                     else None)
+    levels_dir = args.levels_dir or (
+        Path(os.environ["HYPLORA_LEVELS_DIR"]) if os.environ.get("HYPLORA_LEVELS_DIR") else None
+    )
     if levels_dir is not None and not levels_dir.is_dir():
         raise InputError(f"--levels-dir {levels_dir}: not a folder")
 
@@ -269,7 +328,9 @@ def main(argv=None) -> int:
         print(f"copied {len(copied)} finished summaries to {args.results_dir}")
     table, remaining = plan_table(stages(args.results_dir), selected, args.work_dir)
     print(table)
-    print(f"levels: {levels_dir or 'none (no per-level accuracy)'}; work dir {args.work_dir}; results {args.results_dir}")
+    print(
+        f"levels: {levels_dir or 'none (no per-level accuracy)'}; work dir {args.work_dir}; results {args.results_dir}"
+    )
     if args.plan_only:
         return 0
 
@@ -300,19 +361,25 @@ def _run_all(args, selected, levels_dir) -> int:
             print(f"stop: {job.name} (~{estimate / 60:.0f} min) would end past --max-minutes {args.max_minutes:g}")
             break
         resume = " (resume)" if job.kind == "train" and job.state(args.work_dir) == "partial" else ""
-        tqdm.write(f"[{time.strftime('%H:%M:%S')}] {job.stage}: {job.kind} {job.name}{resume}, ~{estimate / 60:.0f} min,"
-                   f" log {args.work_dir / 'logs' / (job.name + '.log')}")
+        tqdm.write(
+            f"[{time.strftime('%H:%M:%S')}] {job.stage}: {job.kind} {job.name}{resume}, ~{estimate / 60:.0f} min,"
+            f" log {args.work_dir / 'logs' / (job.name + '.log')}"
+        )
         job_start = time.time()
         with held:
             status = runner.run(job)
-        tqdm.write(f"[{time.strftime('%H:%M:%S')}] {job.name}: {status} after {(time.time() - job_start) / 60:.1f} min")
+        tqdm.write(
+            f"[{time.strftime('%H:%M:%S')}] {job.name}: {status} after {(time.time() - job_start) / 60:.1f} min"
+        )
         if status == "failed":
             failed.add(job.name)
         bar.update(round(estimate / 60))
     bar.close()
     left = [job.name for job in unique_jobs(stages(args.results_dir), selected) if job.state(args.work_dir) != "done"]
-    print(f"finished after {(time.time() - start) / 60:.1f} min; {len(left)} job(s) not done"
-          + (f", {len(failed)} failed: {', '.join(sorted(failed))}" if failed else ""))
+    print(
+        f"finished after {(time.time() - start) / 60:.1f} min; {len(left)} job(s) not done"
+        + (f", {len(failed)} failed: {', '.join(sorted(failed))}" if failed else "")
+    )
     return 1 if failed else 0
 
 

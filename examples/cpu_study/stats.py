@@ -31,9 +31,19 @@ def _as_scores(values, name: str) -> np.ndarray:
     return array
 
 
-def _percentile_interval(statistic, data: tuple[np.ndarray, ...], *, paired: bool, seed: int) -> tuple[float, float, np.ndarray]:
-    result = stats.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=N_RESAMPLES,
-                             confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
+def _percentile_interval(
+    statistic, data: tuple[np.ndarray, ...], *, paired: bool, seed: int
+) -> tuple[float, float, np.ndarray]:
+    result = stats.bootstrap(
+        data,
+        statistic,
+        paired=paired,
+        vectorized=True,
+        n_resamples=N_RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     low, high = result.confidence_interval
     return float(low), float(high), result.bootstrap_distribution
 

@@ -41,7 +41,12 @@ DESIGN = {
     "model": "smollm2-135m",
     "methods": ("lora", "hyplora", "dora"),  # run order within a stage: the primary comparison first
     # the paper's adapter settings, identical for every method (the reference scripts varied alpha)
-    "adapter": {"rank": 32, "alpha": 64.0, "dropout": 0.05, "target_modules": "q_proj,k_proj,v_proj,up_proj,down_proj"},
+    "adapter": {
+        "rank": 32,
+        "alpha": 64.0,
+        "dropout": 0.05,
+        "target_modules": "q_proj,k_proj,v_proj,up_proj,down_proj",
+    },
     # one pass over max_steps x batch_size examples: the same examples, in the same order, for every method
     "schedule": {
         "max_steps": 48,
@@ -65,7 +70,11 @@ DESIGN = {
     "provisional_lr": 1e-3,
     "seeds": (0, 1, 2),
     "tasks": {
-        "math": {"train": "math", "test": ("svamp", "mawps", "gsm8k", "aqua", "multiarith", "addsub", "singleeq"), "limit": 100},
+        "math": {
+            "train": "math",
+            "test": ("svamp", "mawps", "gsm8k", "aqua", "multiarith", "addsub", "singleeq"),
+            "limit": 100,
+        },
         "commonsense": {"train": "commonsense", "test": ("boolq", "arc-e", "arc-c", "obqa"), "limit": 100},
     },
     # robust extraction, greedy decoding, the default new-token budgets (256 math, 32 commonsense)
@@ -124,8 +133,15 @@ MEASUREMENTS = {
 }
 STAGES = ("main-s0", "lr-grid", "seeds", "commonsense", "ablations", "secondary")
 SMOKE = {
-    "schedule": {**DESIGN["schedule"], "max_steps": 2, "warmup_steps": 1, "val_size": 4, "eval_steps": 1, "save_steps": 1,
-                 "logging_steps": 1},
+    "schedule": {
+        **DESIGN["schedule"],
+        "max_steps": 2,
+        "warmup_steps": 1,
+        "val_size": 4,
+        "eval_steps": 1,
+        "save_steps": 1,
+        "logging_steps": 1,
+    },
     "lr_grid": (1e-3, 3e-3),
     "tasks": {task: {**spec, "limit": 4} for task, spec in DESIGN["tasks"].items()},
     "paper_slice": {**DESIGN["paper_slice"], "limit": 2},
@@ -155,7 +171,7 @@ def adapter_done(folder: Path) -> bool:
 
 def has_checkpoint(folder: Path) -> bool:
     """True when `folder` holds a complete `checkpoint-<step>` (the recipe's `last_checkpoint` finds one)."""
-    from hyplora.train import last_checkpoint
+    from hyplora.harness.training import last_checkpoint
 
     return last_checkpoint(folder) is not None
 
@@ -204,18 +220,54 @@ class TrainJob:
         s = d["schedule"]
         adapter = d["adapter"]
         command = [
-            sys.executable, "-m", "hyplora.cli", "train",
-            "--model", self.model or d["model"], "--data", d["tasks"][self.task]["train"], "--method", self.method,
-            "--output-dir", str(self.folder(work_dir)),
-            "--rank", str(adapter["rank"]), "--alpha", str(adapter["alpha"]), "--dropout", str(adapter["dropout"]),
-            "--target-modules", adapter["target_modules"],
-            "--lr", repr(self.lr), "--seed", str(self.seed),
-            "--max-steps", str(s["max_steps"]), "--limit", str(s["max_steps"] * s["batch_size"]),
-            "--batch-size", str(s["batch_size"]), "--micro-batch-size", str(s["micro_batch_size"]),
-            "--cutoff-len", str(s["cutoff_len"]), "--warmup-steps", str(s["warmup_steps"]),
-            "--val-size", str(s["val_size"]), "--eval-steps", str(s["eval_steps"]),
-            "--save-steps", str(s["save_steps"]), "--logging-steps", str(s["logging_steps"]),
-            "--save-total-limit", str(s["save_total_limit"]), "--data-seed", str(s["data_seed"]),
+            sys.executable,
+            "-m",
+            "hyplora.cli",
+            "train",
+            "--model",
+            self.model or d["model"],
+            "--data",
+            d["tasks"][self.task]["train"],
+            "--method",
+            self.method,
+            "--output-dir",
+            str(self.folder(work_dir)),
+            "--rank",
+            str(adapter["rank"]),
+            "--alpha",
+            str(adapter["alpha"]),
+            "--dropout",
+            str(adapter["dropout"]),
+            "--target-modules",
+            adapter["target_modules"],
+            "--lr",
+            repr(self.lr),
+            "--seed",
+            str(self.seed),
+            "--max-steps",
+            str(s["max_steps"]),
+            "--limit",
+            str(s["max_steps"] * s["batch_size"]),
+            "--batch-size",
+            str(s["batch_size"]),
+            "--micro-batch-size",
+            str(s["micro_batch_size"]),
+            "--cutoff-len",
+            str(s["cutoff_len"]),
+            "--warmup-steps",
+            str(s["warmup_steps"]),
+            "--val-size",
+            str(s["val_size"]),
+            "--eval-steps",
+            str(s["eval_steps"]),
+            "--save-steps",
+            str(s["save_steps"]),
+            "--logging-steps",
+            str(s["logging_steps"]),
+            "--save-total-limit",
+            str(s["save_total_limit"]),
+            "--data-seed",
+            str(s["data_seed"]),
         ]
         for option, value in self.options:
             flag = "--" + option.replace("_", "-")
@@ -229,14 +281,17 @@ class TrainJob:
 
     def estimate_s(self, work_dir: Path | None = None) -> float:
         """Seconds to run (what is left of) this training, from the contended rates in `DESIGN`."""
-        from hyplora.train import last_checkpoint
+        from hyplora.harness.training import last_checkpoint
 
         rates, s = _rates(self.model), DESIGN["schedule"]
         checkpoint = last_checkpoint(self.folder(work_dir)) if work_dir is not None and not self.blocked else None
         done = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
         val_passes = (s["max_steps"] // s["eval_steps"] - done // s["eval_steps"]) + 1
-        return (DESIGN["seconds_load"] + (s["max_steps"] - done) * rates["seconds_per_step"]
-                + val_passes * s["val_size"] * rates["seconds_per_val_example"])
+        return (
+            DESIGN["seconds_load"]
+            + (s["max_steps"] - done) * rates["seconds_per_step"]
+            + val_passes * s["val_size"] * rates["seconds_per_val_example"]
+        )
 
 
 @dataclass(frozen=True)
@@ -286,8 +341,12 @@ class EvalJob:
         if self.blocked:
             return "blocked"
         summary = read_json(self.folder(work_dir) / "summary.json")
-        if (summary is not None and summary.get("mode") == self.protocol and summary.get("limit") == self.limit
-                and set(summary.get("datasets", {})) == set(self.datasets)):
+        if (
+            summary is not None
+            and summary.get("mode") == self.protocol
+            and summary.get("limit") == self.limit
+            and set(summary.get("datasets", {})) == set(self.datasets)
+        ):
             return "done"
         if self.run is not None and self.run.state(work_dir) != "done":
             return "waiting"
@@ -296,9 +355,22 @@ class EvalJob:
     def command(self, work_dir: Path = WORK_DIR, levels_dir: Path | None = None) -> list[str]:
         d = DESIGN
         command = [
-            sys.executable, "-m", "hyplora.cli", "eval", "--model", self.model or d["model"],
-            "--datasets", *self.datasets, "--limit", str(self.limit), "--mode", self.protocol,
-            "--batch-size", str(d["eval"]["batch_size"]), "--output-dir", str(self.folder(work_dir)),
+            sys.executable,
+            "-m",
+            "hyplora.cli",
+            "eval",
+            "--model",
+            self.model or d["model"],
+            "--datasets",
+            *self.datasets,
+            "--limit",
+            str(self.limit),
+            "--mode",
+            self.protocol,
+            "--batch-size",
+            str(d["eval"]["batch_size"]),
+            "--output-dir",
+            str(self.folder(work_dir)),
         ]
         if self.run is not None:
             command += ["--adapter", str(self.run.folder(work_dir))]
@@ -311,8 +383,11 @@ class EvalJob:
     @property
     def merged(self) -> bool:
         """DoRA evaluations after `DESIGN["eval"]["merge_dora_after"]` decode with the adapter merged."""
-        return (self.run is not None and self.run.method == "dora"
-                and STAGES.index(self.stage) > STAGES.index(DESIGN["eval"]["merge_dora_after"]))
+        return (
+            self.run is not None
+            and self.run.method == "dora"
+            and STAGES.index(self.stage) > STAGES.index(DESIGN["eval"]["merge_dora_after"])
+        )
 
     def estimate_s(self, work_dir: Path | None = None) -> float:
         """Seconds to run this evaluation (items already generated are not counted off)."""
@@ -396,8 +471,11 @@ def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
     plan["main-s0"].append(EvalJob("main-s0", "math", None))
 
     for method in methods:
-        plan["lr-grid"] += [TrainJob("lr-grid", "math", method, lr, 0) for lr in lr_grid("math", method, results_dir)
-                            if lr != provisional]
+        plan["lr-grid"] += [
+            TrainJob("lr-grid", "math", method, lr, 0)
+            for lr in lr_grid("math", method, results_dir)
+            if lr != provisional
+        ]
     # the seed-0 run at each chosen rate is evaluated with the other seeds (nothing new where the provisional rate
     # won), after their trainings: the validation losses of all seeds come first
     for method in methods:
@@ -410,8 +488,9 @@ def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
     plan["seeds"].append(EvalJob("seeds", "math", None, "paper"))
 
     for variant, options in d["ablations"].items():
-        plan["ablations"] += trained_and_evaluated("ablations", "math", "hyplora", chosen["hyplora"], 0, variant,
-                                                   sorted(options.items()))
+        plan["ablations"] += trained_and_evaluated(
+            "ablations", "math", "hyplora", chosen["hyplora"], 0, variant, sorted(options.items())
+        )
 
     for method in methods:
         plan["commonsense"] += trained_and_evaluated("commonsense", "commonsense", method, chosen[method], 0)
@@ -419,7 +498,9 @@ def stages(results_dir: Path = RESULTS_DIR) -> dict[str, list]:
 
     secondary = d["secondary"]
     for method in secondary["methods"]:
-        plan["secondary"] += [TrainJob("secondary", "math", method, lr, 0, model=secondary["model"]) for lr in secondary["lr_grid"]]
+        plan["secondary"] += [
+            TrainJob("secondary", "math", method, lr, 0, model=secondary["model"]) for lr in secondary["lr_grid"]
+        ]
         run = TrainJob("secondary", "math", method, secondary_lr(method, results_dir), 0, model=secondary["model"])
         plan["secondary"].append(EvalJob("secondary", "math", run))
     plan["secondary"].append(EvalJob("secondary", "math", None, model=secondary["model"]))
@@ -439,7 +520,7 @@ def unique_jobs(plan: dict[str, list], selected: tuple[str, ...] = STAGES) -> li
 
 
 def test_overlap(task: str) -> dict:
-    """Test-slice items whose question (`hyplora.data.question_key`) occurs in the task's training data.
+    """Test-slice items whose question (`hyplora.harness.data.question_key`) occurs in the task's training data.
 
     The training loader already drops training records that repeat any test question, so every
     count here should be 0; the study checks it rather than assuming it. Items repeated across
@@ -449,7 +530,7 @@ def test_overlap(task: str) -> dict:
         `dict`: per test set `{"slice": n, "in_training": [indices]}`, and `"across_slices"`:
         `[[set, index, other set, other index], ...]`.
     """
-    from hyplora.data import domain, load_test_set, load_train_set, question_key
+    from hyplora.harness.data import domain, load_test_set, load_train_set, question_key
 
     spec = DESIGN["tasks"][task]
     domain_name = domain(spec["train"])
@@ -464,5 +545,10 @@ def test_overlap(task: str) -> dict:
             if key in first_seen and first_seen[key][0] != name:
                 across.append([name, index, *first_seen[key]])
             first_seen.setdefault(key, (name, index))
-    return {"train": spec["train"], "train_records": len(train_set.records), "dropped_from_training": train_set.dropped,
-            "tests": report, "across_slices": across}
+    return {
+        "train": spec["train"],
+        "train_records": len(train_set.records),
+        "dropped_from_training": train_set.dropped,
+        "tests": report,
+        "across_slices": across,
+    }

@@ -26,8 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(sub)
-        sub.add_argument("--threads", type=int, default=None,
-                         help="torch CPU threads (default: torch's choice); on a busy shared machine 1 can be several times faster")
+        sub.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="torch CPU threads (default: torch's choice); on a busy shared machine 1 can be several times faster",
+        )
         sub.set_defaults(_run=module.run)
     return parser
 

@@ -23,27 +23,47 @@ groups file: {"G1 function words": ["the", "of"], "G4 specific": ["dog", "apple"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="packaged name (smollm2-135m, gemma3-270m), .gguf file, folder or HF id")
-    parser.add_argument("--datasets", default=None, help="comma-separated datasets (default: the paper's nine that are available)")
+    parser.add_argument(
+        "--model", required=True, help="packaged name (smollm2-135m, gemma3-270m), .gguf file, folder or HF id"
+    )
+    parser.add_argument(
+        "--datasets", default=None, help="comma-separated datasets (default: the paper's nine that are available)"
+    )
     parser.add_argument("--output-dir", required=True, help="folder for analysis.json, report.md and the PNGs")
-    parser.add_argument("--include-answers", action="store_true", help="count tokens of the reference outputs as well as the questions")
-    parser.add_argument("--prompt-limit", type=int, default=100, help="prompts per dataset for the per-prompt δ; 0 = all (default: 100)")
+    parser.add_argument(
+        "--include-answers", action="store_true", help="count tokens of the reference outputs as well as the questions"
+    )
+    parser.add_argument(
+        "--prompt-limit",
+        type=int,
+        default=100,
+        help="prompts per dataset for the per-prompt δ; 0 = all (default: 100)",
+    )
     parser.add_argument("--max-prompt-tokens", type=int, default=1500, help="tokens kept per prompt (default: 1500)")
-    parser.add_argument("--top-n", type=int, default=1000, help="most frequent tokens in the top-N δ cloud (default: 1000)")
-    parser.add_argument("--hidden-layer", type=int, default=None, help="also measure hidden-state norms after this block (0 = embeddings)")
+    parser.add_argument(
+        "--top-n", type=int, default=1000, help="most frequent tokens in the top-N δ cloud (default: 1000)"
+    )
+    parser.add_argument(
+        "--hidden-layer",
+        type=int,
+        default=None,
+        help="also measure hidden-state norms after this block (0 = embeddings)",
+    )
     parser.add_argument("--groups", default=None, help="JSON file of word groups (default: the paper's G1-G4)")
-    parser.add_argument("--multi-token", choices=("mean", "first"), default="mean", help="how a word split into tokens is measured")
+    parser.add_argument(
+        "--multi-token", choices=("mean", "first"), default="mean", help="how a word split into tokens is measured"
+    )
     parser.add_argument("--num-bins", type=int, default=12, help="frequency bins of the norm plots (default: 12)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the δ controls (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyplora.analysis.datasets import available_paper_datasets, load_analysis_dataset
-    from hyplora.analysis.norms import load_groups
-    from hyplora.analysis.pipeline import AnalysisOptions, run_analysis
-    from hyplora.analysis.report import write_report
     from hyplora.errors import InputError
-    from hyplora.models import load_model
+    from hyplora.geometry.datasets import available_paper_datasets, load_analysis_dataset
+    from hyplora.geometry.norms import load_groups
+    from hyplora.geometry.pipeline import AnalysisOptions, run_analysis
+    from hyplora.geometry.report import write_report
+    from hyplora.harness.base_models import load_model
 
     for option in ("prompt_limit", "max_prompt_tokens", "top_n", "num_bins"):
         value = getattr(args, option)
@@ -53,9 +73,15 @@ def run(args: argparse.Namespace) -> int:
     if not specs:
         raise InputError("--datasets: no dataset named")
     options = AnalysisOptions(
-        include_answers=args.include_answers, prompt_limit=args.prompt_limit or None, max_prompt_tokens=args.max_prompt_tokens,
-        top_n=args.top_n, hidden_layer=args.hidden_layer, groups=load_groups(args.groups) if args.groups else None,
-        multi_token=args.multi_token, num_bins=args.num_bins, seed=args.seed,
+        include_answers=args.include_answers,
+        prompt_limit=args.prompt_limit or None,
+        max_prompt_tokens=args.max_prompt_tokens,
+        top_n=args.top_n,
+        hidden_layer=args.hidden_layer,
+        groups=load_groups(args.groups) if args.groups else None,
+        multi_token=args.multi_token,
+        num_bins=args.num_bins,
+        seed=args.seed,
     )
     datasets = [load_analysis_dataset(spec) for spec in specs]
     model, tokenizer = load_model(args.model)

@@ -110,7 +110,10 @@ def fit_power_law(frequencies: Iterable[int]) -> PowerLawFit:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = powerlaw.Fit(data, discrete=True, verbose=False)
-        tests = {name: LikelihoodRatio(*map(float, fit.distribution_compare("power_law", name))) for name in ("lognormal", "exponential")}
+        tests = {
+            name: LikelihoodRatio(*map(float, fit.distribution_compare("power_law", name)))
+            for name in ("lognormal", "exponential")
+        }
         # powerlaw 2.0 renamed `sigma` to `standard_err` (the old name warns)
         sigma = fit.power_law.standard_err if hasattr(fit.power_law, "standard_err") else fit.power_law.sigma
     return PowerLawFit(

@@ -46,8 +46,15 @@ ARGS_FILE, LOSS_LOG_FILE, LOSS_PLOT_FILE = "train_args.json", "loss_log.jsonl", 
 # Options a resumed run may change (hardware, bookkeeping, length); all others define the adapter,
 # the data or its order, and must match the checkpoint's.
 _RESUME_MAY_CHANGE = (
-    "micro_batch_size", "precision", "gradient_checkpointing", "logging_steps", "save_steps", "eval_steps",
-    "save_total_limit", "epochs", "max_steps",
+    "micro_batch_size",
+    "precision",
+    "gradient_checkpointing",
+    "logging_steps",
+    "save_steps",
+    "eval_steps",
+    "save_total_limit",
+    "epochs",
+    "max_steps",
 )
 
 
@@ -101,7 +108,11 @@ class TrainArgs:
     @property
     def hyplora_options(self) -> dict:
         """The HypLoraConfig fields the caller set (the others keep HypLoraConfig's defaults)."""
-        options = {"curvature": self.curvature, "learn_curvature": self.learn_curvature, "input_scaling": self.input_scaling}
+        options = {
+            "curvature": self.curvature,
+            "learn_curvature": self.learn_curvature,
+            "input_scaling": self.input_scaling,
+        }
         return {key: value for key, value in options.items() if value is not None}
 
     @property
@@ -255,7 +266,9 @@ class FineTuneRecipe:
         if a.precision not in PRECISIONS:
             raise InputError(f"--precision {a.precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
         if a.rank < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1:
-            raise InputError(f"need --rank >= 1, --alpha > 0 and 0 <= --dropout < 1 (got {a.rank}, {a.alpha}, {a.dropout})")
+            raise InputError(
+                f"need --rank >= 1, --alpha > 0 and 0 <= --dropout < 1 (got {a.rank}, {a.alpha}, {a.dropout})"
+            )
         if not a.target_modules:
             raise InputError("--target-modules is empty: name at least one linear layer, e.g. q_proj,v_proj")
         if a.max_steps <= 0 and a.epochs <= 0:
@@ -277,7 +290,9 @@ class FineTuneRecipe:
             self._check_resume_args()
             return checkpoint
         if checkpoint is not None or (self.output_dir / "adapter_model.safetensors").exists():
-            raise InputError(f"{self.output_dir} already holds a run: pass --resume to continue it, or another --output-dir")
+            raise InputError(
+                f"{self.output_dir} already holds a run: pass --resume to continue it, or another --output-dir"
+            )
         return None
 
     def _check_resume_args(self) -> None:
@@ -292,7 +307,9 @@ class FineTuneRecipe:
             flag = "--" + name.replace("_", "-")
             if name not in _RESUME_MAY_CHANGE:
                 raise InputError(f"--resume: {flag} is {value!r} but the checkpoint's run used {saved[name]!r}")
-            warnings.warn(f"--resume: {flag} changed from {saved[name]!r} to {value!r}; the new value is used")
+            warnings.warn(
+                f"--resume: {flag} changed from {saved[name]!r} to {value!r}; the new value is used", stacklevel=2
+            )
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -318,7 +335,7 @@ class FineTuneRecipe:
         import torch
         from peft import get_peft_model
 
-        from hyplora.models import load_model
+        from hyplora.harness.base_models import load_model
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self._precision()]
         model, self.tokenizer = load_model(self.args.model, dtype=dtype)
@@ -349,8 +366,8 @@ class FineTuneRecipe:
     def _setup_data(self) -> None:
         from tqdm.auto import tqdm
 
-        from hyplora.data import load_train_set, split_validation
-        from hyplora.prompts import tokenize_example
+        from hyplora.harness.data import load_train_set, split_validation
+        from hyplora.harness.prompts import tokenize_example
 
         a = self.args
         train_set = load_train_set(a.data, seed=a.data_order_seed)
@@ -442,7 +459,11 @@ class FineTuneRecipe:
             "total_params": total,
             "trainable_percent": round(100 * trainable / total, 4),
             "resumed_from": str(self.checkpoint) if self.checkpoint else None,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "peft": peft.__version__,
+            },
             **self.data_report,
         }
 
@@ -472,7 +493,11 @@ class FineTuneRecipe:
         val_loss = None
         if self.val_dataset:  # evaluate the final adapter unless the last step already did
             state = self.trainer.state
-            final = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry and entry["step"] == state.global_step]
+            final = [
+                entry["eval_loss"]
+                for entry in state.log_history
+                if "eval_loss" in entry and entry["step"] == state.global_step
+            ]
             val_loss = final[-1] if final else self.trainer.evaluate()["eval_loss"]
         return {
             "train_loss": output.training_loss,

@@ -22,12 +22,12 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from hyplora.errors import InputError
 
-DATA_DIR = Path(__file__).resolve().parent / "datasets"
+DATA_DIR = Path(__file__).resolve().parents[1] / "datasets"
 LEVELS_ENV = "HYPLORA_LEVELS_DIR"
 LEVELS_FILE = "updated_level1.json"
 DOMAINS = ("math", "commonsense")
@@ -80,8 +80,12 @@ _TEST_ALIASES = {t.folder.lower(): t.name for t in TEST_SETS.values()}
 
 
 # ----------------------------------------------------------------------------- conversions
-_STEP_OPS = {ast.Add: ("+", lambda a, b: a + b), ast.Sub: ("-", lambda a, b: a - b),
-             ast.Mult: ("*", lambda a, b: a * b), ast.Div: ("/", lambda a, b: a / b)}
+_STEP_OPS = {
+    ast.Add: ("+", lambda a, b: a + b),
+    ast.Sub: ("-", lambda a, b: a - b),
+    ast.Mult: ("*", lambda a, b: a * b),
+    ast.Div: ("/", lambda a, b: a / b),
+}
 
 
 def format_number(value: float) -> str:
@@ -179,8 +183,7 @@ def _from_template(raw: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- training registry
-ASDIV_NOTE = ("asdiv-a is ASDiv-A (Miao et al. 2020), licensed CC BY-NC 4.0: non-commercial use only, "
-              "with attribution")
+ASDIV_NOTE = "asdiv-a is ASDiv-A (Miao et al. 2020), licensed CC BY-NC 4.0: non-commercial use only, with attribution"
 
 
 @dataclass(frozen=True)
@@ -210,12 +213,30 @@ TRAIN_SETS = {
         TrainSource("gsm8k-train", "math", "gsm8k/train.jsonl", ("question", "answer"), _from_gsm8k),
         TrainSource("mawps-train", "math", "mawps/trainset.json", ("original_text", "equation", "ans"), _from_mawps),
         TrainSource("aqua-dev", "math", "AQuA/dev.json", ("question", "options", "rationale", "correct"), _from_aqua),
-        TrainSource("asdiv-a", "math", "asdiv-a/trainset.json", ("Body", "Question", "Answer", "Formula"), _from_asdiv,
-                    note=ASDIV_NOTE),
-        TrainSource("arc-e-train", "commonsense", "ARC-Easy/train.json", ("instruction", "output", "answer"), _from_template),
-        TrainSource("arc-c-train", "commonsense", "ARC-Challenge/train.json", ("instruction", "output", "answer"), _from_template),
-        TrainSource("boolq-train", "commonsense", "boolq/train.json", ("instruction", "output", "answer"), _from_template),
-        TrainSource("obqa-train", "commonsense", "openbookqa/train.json", ("instruction", "output", "answer"), _from_template),
+        TrainSource(
+            "asdiv-a",
+            "math",
+            "asdiv-a/trainset.json",
+            ("Body", "Question", "Answer", "Formula"),
+            _from_asdiv,
+            note=ASDIV_NOTE,
+        ),
+        TrainSource(
+            "arc-e-train", "commonsense", "ARC-Easy/train.json", ("instruction", "output", "answer"), _from_template
+        ),
+        TrainSource(
+            "arc-c-train",
+            "commonsense",
+            "ARC-Challenge/train.json",
+            ("instruction", "output", "answer"),
+            _from_template,
+        ),
+        TrainSource(
+            "boolq-train", "commonsense", "boolq/train.json", ("instruction", "output", "answer"), _from_template
+        ),
+        TrainSource(
+            "obqa-train", "commonsense", "openbookqa/train.json", ("instruction", "output", "answer"), _from_template
+        ),
     ]
 }
 MIXTURES = {
@@ -226,17 +247,17 @@ MIXTURES = {
 _LLM_ADAPTERS = "github.com/AGI-Edgerunners/LLM-Adapters"
 NOT_SHIPPED = {
     "hellaswag": f"HellaSwag validation in the LLM-Adapters template ({_LLM_ADAPTERS} dataset/hellaswag/test.json, "
-                 "git blob 183c4920415f83ba4b793c4873a33e7e10bd1be5)",
+    "git blob 183c4920415f83ba4b793c4873a33e7e10bd1be5)",
     "piqa-train": f"PIQA train in the LLM-Adapters template ({_LLM_ADAPTERS} dataset/piqa/train.json)",
     "siqa-train": f"Social IQa train in the LLM-Adapters template ({_LLM_ADAPTERS} dataset/social_i_qa/train.json)",
     "winogrande-train": f"WinoGrande train in the LLM-Adapters template ({_LLM_ADAPTERS} dataset/winogrande/train.json)",
     "hellaswag-train": f"HellaSwag train in the LLM-Adapters template ({_LLM_ADAPTERS} dataset/hellaswag/train.json)",
     "math10k": f"Math10K ({_LLM_ADAPTERS} ft-training_set/math_10k.json, git blob 27dba77d6ed80aa118d78fbafa5cecd651f6d463); "
-               "the shipped stand-in is the 'math' mixture",
+    "the shipped stand-in is the 'math' mixture",
     "math50k": f"Math50K ({_LLM_ADAPTERS} ft-training_set/math_50k.json, git blob 61fcf3e08fc90a922be320441019d6022e25f5d0)",
     "commonsense15k": f"Commonsense15K ({_LLM_ADAPTERS} ft-training_set/commonsense_15k.json)",
     "commonsense170k": f"Commonsense170K ({_LLM_ADAPTERS} ft-training_set/commonsense_170k.json, "
-                       "git blob 529e426b33d4cdb1d0c4a275a1a7245ad081fd91); the shipped stand-in is the 'commonsense' mixture",
+    "git blob 529e426b33d4cdb1d0c4a275a1a7245ad081fd91); the shipped stand-in is the 'commonsense' mixture",
 }
 
 
@@ -275,8 +296,10 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as err:
-            raise InputError(f"{path}: record {_failing_array_index(text)}: malformed JSON at line {err.lineno}, "
-                             f"column {err.colno}: {err.msg}") from err
+            raise InputError(
+                f"{path}: record {_failing_array_index(text)}: malformed JSON at line {err.lineno}, "
+                f"column {err.colno}: {err.msg}"
+            ) from err
     else:
         try:
             records = json.loads(text)
@@ -321,7 +344,9 @@ def _read_json_lines(path: Path, text: str) -> list:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise InputError(f"{path}: record {len(records)} (line {line_number}): malformed JSON: {err.msg}") from err
+                raise InputError(
+                    f"{path}: record {len(records)} (line {line_number}): malformed JSON: {err.msg}"
+                ) from err
     return records
 
 
@@ -343,7 +368,9 @@ def _schema_records(records: list[dict], required: tuple[str, ...], label: str) 
         for name in ("instruction", "input", "output", "answer"):
             value = raw.get(name, "")
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise InputError(f"{label}: record {index}: field {name!r} must be a string, got {type(value).__name__}")
+                raise InputError(
+                    f"{label}: record {index}: field {name!r} must be a string, got {type(value).__name__}"
+                )
             record[name] = value if isinstance(value, str) else str(value)
         if not record["instruction"].strip():
             raise InputError(f"{label}: record {index}: empty 'instruction'")
@@ -357,18 +384,22 @@ def _schema_records(records: list[dict], required: tuple[str, ...], label: str) 
 
 def _read_hub(spec: str, default_split: str) -> list[dict]:
     """Records of `hf:<dataset>[:<split>]` through the `datasets` package (imported only here)."""
-    dataset_id, _, split = spec[len("hf:"):].partition(":")
+    dataset_id, _, split = spec[len("hf:") :].partition(":")
     if not dataset_id:
         raise InputError(f"{spec!r}: write a Hugging Face dataset as hf:<owner>/<name>[:<split>]")
     try:
         import datasets
     except ImportError as err:
-        raise InputError(f"{spec}: reading a Hugging Face dataset needs the `datasets` package "
-                         "(pip install 'hyplora[hub]'); or pass a JSON/JSONL file in the same schema") from err
-    from hyplora.models import hub_reachable
+        raise InputError(
+            f"{spec}: reading a Hugging Face dataset needs the `datasets` package "
+            "(pip install 'hyplora[hub]'); or pass a JSON/JSONL file in the same schema"
+        ) from err
+    from hyplora.harness.base_models import hub_reachable
 
     if not hub_reachable():
-        raise InputError(f"{spec}: the Hugging Face hub is unreachable (offline); pass a local JSON/JSONL file instead")
+        raise InputError(
+            f"{spec}: the Hugging Face hub is unreachable (offline); pass a local JSON/JSONL file instead"
+        )
     try:
         dataset = datasets.load_dataset(dataset_id, split=split or default_split)
     except Exception as err:  # datasets raises many unrelated types (FileNotFoundError, ValueError, HTTP errors)
@@ -393,8 +424,9 @@ def _is_path(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- test sets
-def load_test_set(name_or_path: str | os.PathLike, limit: int | None = None, *,
-                  levels_dir: str | os.PathLike | None = None) -> list[dict]:
+def load_test_set(
+    name_or_path: str | os.PathLike, limit: int | None = None, *, levels_dir: str | os.PathLike | None = None
+) -> list[dict]:
     """Load a benchmark test set by name, from a JSON/JSONL file, or from `hf:<dataset>[:<split>]`.
 
     Args:
@@ -438,7 +470,7 @@ def _load_registered_test(name: str) -> list[dict]:
     return [dict(record) for record in _cached_test_records(name)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_test_records(name: str) -> tuple[dict, ...]:
     path = TEST_SETS[name].path
     return tuple(_schema_records(read_records(path), ("instruction", "input", "output", "answer"), str(path)))
@@ -481,7 +513,7 @@ def question_key(instruction: str, domain: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _test_question_keys(name: str) -> frozenset[str]:
     test = TEST_SETS[name]
     return frozenset(question_key(r["instruction"], test.domain) for r in _cached_test_records(name))
@@ -494,7 +526,9 @@ def _listed_overlaps(source: TrainSource, protected: set[str]) -> set[int]:
     if not overlap_file.is_file():
         return set()
     folders = {f"{TEST_SETS[name].domain}/{TEST_SETS[name].folder}/test.json" for name in protected}
-    lines = [line for line in overlap_file.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    lines = [
+        line for line in overlap_file.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")
+    ]
     indices = set()
     for line in lines[1:]:  # lines[0] is the column header
         file_name, index, test_file = line.split("\t")[:3]
@@ -536,8 +570,14 @@ class TrainSet:
         return "\n".join(lines)
 
 
-def load_train_set(name_or_path: str | os.PathLike, *, limit: int | None = None, seed: int = 0,
-                   against: list[str] | None = None, domain: str | None = None) -> TrainSet:
+def load_train_set(
+    name_or_path: str | os.PathLike,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    against: list[str] | None = None,
+    domain: str | None = None,
+) -> TrainSet:
     """Load training records by name, mixture, comma-separated list, file or `hf:<dataset>[:<split>]`.
 
     Args:
@@ -564,8 +604,11 @@ def load_train_set(name_or_path: str | os.PathLike, *, limit: int | None = None,
     parts = _expand_train_spec(str(name_or_path))
     for part in parts:
         source, records, source_domain = _train_source_records(part, domain)
-        protected = {name for name, test in TEST_SETS.items() if test.domain == source_domain and test.shipped
-                     and (protected_names is None or name in protected_names)}
+        protected = {
+            name
+            for name, test in TEST_SETS.items()
+            if test.domain == source_domain and test.shipped and (protected_names is None or name in protected_names)
+        }
         listed = _listed_overlaps(source, protected) if source is not None else set()
         kept, by_text = _drop_test_questions(records, source_domain, protected, listed)
         result.records.extend(kept)
@@ -637,8 +680,10 @@ def _train_source_records(part: str, domain_name: str | None) -> tuple[TrainSour
     elif _is_path(part):
         records = _schema_records(read_records(part), ("instruction", "output"), part)
     else:
-        raise InputError(f"unknown training set {part!r}: choose among {', '.join([*TRAIN_SETS, *MIXTURES])}, "
-                         "or pass a JSON/JSONL file")
+        raise InputError(
+            f"unknown training set {part!r}: choose among {', '.join([*TRAIN_SETS, *MIXTURES])}, "
+            "or pass a JSON/JSONL file"
+        )
     if domain_name is not None and domain_name not in DOMAINS:
         raise InputError(f"unknown domain {domain_name!r}: choose math or commonsense")
     return None, records, domain_name or infer_domain(records)
@@ -649,6 +694,7 @@ _LABEL_WORD = re.compile(r"(true|false|(answer|solution|option|ending)\d)")
 
 def infer_domain(records: list[dict]) -> str:
     """`"commonsense"` when every answer (or "the correct answer is X" output) is a label word, else `"math"`."""
+
     def label(record):
         return record.get("answer") or record.get("output", "").removeprefix("the correct answer is ").strip()
 
@@ -662,8 +708,9 @@ def split_validation(records: list[dict], n: int, seed: int = 0) -> tuple[list[d
         `(train, validation)`, both in the original order; the same `seed` gives the same split.
     """
     if not 0 <= n < len(records) or isinstance(n, bool):
-        raise InputError(f"validation size must be between 0 and {len(records) - 1} "
-                         f"(one record must stay for training), got {n}")
+        raise InputError(
+            f"validation size must be between 0 and {len(records) - 1} (one record must stay for training), got {n}"
+        )
     chosen = set(random.Random(seed).sample(range(len(records)), n))
     train = [r for i, r in enumerate(records) if i not in chosen]
     validation = [r for i, r in enumerate(records) if i in chosen]

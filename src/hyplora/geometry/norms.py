@@ -31,7 +31,18 @@ from hyplora.errors import InputError
 DEFAULT_GROUPS: dict[str, list[str]] = {
     "G1 function words": ["the", "to", "in", "is", "of", "and", "a", "for", "on", "that", "with", "it"],
     "G2 how/much/many": ["how", "much", "many"],
-    "G3 category nouns": ["animal", "fruit", "food", "vehicle", "person", "money", "plant", "tool", "color", "building"],
+    "G3 category nouns": [
+        "animal",
+        "fruit",
+        "food",
+        "vehicle",
+        "person",
+        "money",
+        "plant",
+        "tool",
+        "color",
+        "building",
+    ],
     "G4 specific tokens": ["dog", "apple", "cat", "banana", "car", "teacher", "rose", "hammer", "dollars", "380"],
 }
 
@@ -99,8 +110,18 @@ def binned_by_frequency(frequencies, values, *, num_bins: int = 12) -> list[dict
         chunk = v[which == b]
         if chunk.size:
             q25, median, q75 = np.quantile(chunk, [0.25, 0.5, 0.75])
-            bins.append(dict(lo=float(edges[b]), hi=float(edges[b + 1]), count=int(chunk.size), mean=float(chunk.mean()),
-                             std=float(chunk.std()), q25=float(q25), median=float(median), q75=float(q75)))
+            bins.append(
+                dict(
+                    lo=float(edges[b]),
+                    hi=float(edges[b + 1]),
+                    count=int(chunk.size),
+                    mean=float(chunk.mean()),
+                    std=float(chunk.std()),
+                    q25=float(q25),
+                    median=float(median),
+                    q75=float(q75),
+                )
+            )
     return bins
 
 
@@ -135,8 +156,12 @@ def word_token_ids(tokenizer, word: str) -> list[int]:
 
 
 def group_statistics(
-    groups: Mapping[str, list[str]], tokenizer, counts: Mapping[int, int], norm_of: Callable[[list[int]], np.ndarray],
-    *, multi_token: str = "mean",
+    groups: Mapping[str, list[str]],
+    tokenizer,
+    counts: Mapping[int, int],
+    norm_of: Callable[[list[int]], np.ndarray],
+    *,
+    multi_token: str = "mean",
 ) -> list[dict]:
     """Mean frequency and norm of each word group.
 
@@ -162,11 +187,17 @@ def group_statistics(
     for name, words in groups.items():
         rows = [_word_row(word, tokenizer, counts, norm_of, multi_token) for word in words]
         norms = np.array([row["norm"] for row in rows])
-        table.append(dict(
-            group=name, num_words=len(rows), multi_token_words=sum(any(len(t) > 1 for t in row["tokens"]) for row in rows),
-            mean_frequency=float(np.mean([row["frequency"] for row in rows])), mean_norm=float(norms.mean()),
-            std_norm=float(norms.std()), words=rows,
-        ))
+        table.append(
+            dict(
+                group=name,
+                num_words=len(rows),
+                multi_token_words=sum(any(len(t) > 1 for t in row["tokens"]) for row in rows),
+                mean_frequency=float(np.mean([row["frequency"] for row in rows])),
+                mean_norm=float(norms.mean()),
+                std_norm=float(norms.std()),
+                words=rows,
+            )
+        )
     return table
 
 
@@ -179,5 +210,9 @@ def _word_row(word: str, tokenizer, counts, norm_of, multi_token: str) -> dict:
         form_frequencies.append(float(np.mean([counts.get(t, 0) for t in used])))
         form_norms.append(float(np.mean(norm_of(used))))
     weights = np.array(form_frequencies) if sum(form_frequencies) > 0 else None
-    return dict(word=word, tokens=[tokenizer.convert_ids_to_tokens(ids) for ids in form_tokens],
-                frequency=float(sum(form_frequencies)), norm=float(np.average(form_norms, weights=weights)))
+    return dict(
+        word=word,
+        tokens=[tokenizer.convert_ids_to_tokens(ids) for ids in form_tokens],
+        frequency=float(sum(form_frequencies)),
+        norm=float(np.average(form_norms, weights=weights)),
+    )

@@ -87,7 +87,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HYPLORA_CACHE") or Path.home() / ".cache" / "hyplora").expanduser()
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, *, trust_remote_code: bool = False):
+def load_model(
+    name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, *, trust_remote_code: bool = False
+):
     """Load a causal LM and its tokenizer; the model is returned in `eval()` mode.
 
     Args:
@@ -125,9 +127,13 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
 
     folder = _local_folder(name_or_path)
     if folder is not None:
-        tokenizer = _checked_load(AutoTokenizer.from_pretrained, str(folder), str(folder), trust_remote_code=trust_remote_code)
+        tokenizer = _checked_load(
+            AutoTokenizer.from_pretrained, str(folder), str(folder), trust_remote_code=trust_remote_code
+        )
     else:
-        tokenizer = _load_from_hub(AutoTokenizer.from_pretrained, str(name_or_path), trust_remote_code=trust_remote_code)
+        tokenizer = _load_from_hub(
+            AutoTokenizer.from_pretrained, str(name_or_path), trust_remote_code=trust_remote_code
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -152,9 +158,18 @@ def tiny_model(arch: str = "llama", vocab_size: int = 49152, *, seed: int = 0, *
     if arch not in architectures:
         raise InputError(f"unknown tiny model architecture {arch!r}: choose one of {', '.join(architectures)}")
     fields = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     )
     if arch == "gemma":
         fields.update(sliding_window=32, query_pre_attn_scalar=16)
@@ -171,7 +186,9 @@ def _local_folder(name_or_path) -> Path | None:
     itself for a local folder, `None` for a hub id."""
     name = str(name_or_path)
     if name in PACKAGED_MODELS:
-        return _cached_conversion(name, lambda workdir: _packaged_gguf(name, workdir), source=PACKAGED_MODELS[name].upstream)
+        return _cached_conversion(
+            name, lambda workdir: _packaged_gguf(name, workdir), source=PACKAGED_MODELS[name].upstream
+        )
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -222,7 +239,9 @@ def _cached_conversion(key: str, locate_gguf, *, source: str) -> Path:
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
     except Timeout as err:
-        raise InputError(f"{final}: another process has held the conversion lock for {_CONVERT_LOCK_TIMEOUT_S} s") from err
+        raise InputError(
+            f"{final}: another process has held the conversion lock for {_CONVERT_LOCK_TIMEOUT_S} s"
+        ) from err
     return final
 
 
@@ -234,7 +253,9 @@ def _convert_gguf(gguf: Path, out: Path, *, source: str) -> None:
     start = time.perf_counter()
     kwargs = {"gguf_file": gguf.name}
     tokenizer = _checked_load(AutoTokenizer.from_pretrained, str(gguf), str(gguf.parent), **kwargs)
-    model = _checked_load(AutoModelForCausalLM.from_pretrained, str(gguf), str(gguf.parent), dtype=torch.float32, **kwargs)
+    model = _checked_load(
+        AutoModelForCausalLM.from_pretrained, str(gguf), str(gguf.parent), dtype=torch.float32, **kwargs
+    )
     # transformers refuses to save a model loaded from GGUF; its weights are plain fp32 tensors by now
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

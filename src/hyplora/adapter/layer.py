@@ -29,7 +29,7 @@ Everything in the branch is float32 (float64 for a float64 model) whatever the m
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from peft.tuners.lora.layer import LoraVariant
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from hyplora import lorentz
+from hyplora.adapter import lorentz
 
 MERGE_ERROR = (
     "HypLoRA adapters cannot be merged into the base weights: the branch x -> logmap0(lift(B lift(A expmap0(x)))) "
@@ -51,8 +51,13 @@ _UNIT_EPS = 1e-2
 _PSI_TAYLOR_BELOW = 0.1
 
 
-def tangent_scale(norm: torch.Tensor, input_scaling: str, log_scale: Optional[torch.Tensor], in_features: int,
-                  row_max: Optional[torch.Tensor] = None) -> torch.Tensor:
+def tangent_scale(
+    norm: torch.Tensor,
+    input_scaling: str,
+    log_scale: torch.Tensor | None,
+    in_features: int,
+    row_max: torch.Tensor | None = None,
+) -> torch.Tensor:
     r"""Per-token gain ``g`` of the tangent vector ``u = g v`` with ``v = x/m`` (``m = row_max``, default 1), ``norm = |v|``.
 
     ``none``: :math:`u = x`; ``unit``: :math:`u = x\,\min(e^s, 10)/\max(|x|, 10^{-2})`; ``rms``:
@@ -154,7 +159,7 @@ class _ProjectBLogmap(torch.autograd.Function):
         return grad_out, grad_z, grad_w, grad_sqrt_k, None
 
 
-def _in_compute_dtype(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> tuple:
+def _in_compute_dtype(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple:
     """``x`` and ``tensors`` (None passes through) in ``lorentz.compute_dtype(x)``: float32, float64 for a float64 model."""
     dtype = lorentz.compute_dtype(x)
     return tuple(None if t is None else t.to(dtype) for t in (x, *tensors))
@@ -187,7 +192,7 @@ def hyplora_forward(
     sqrt_k: torch.Tensor,
     scaling: float,
     input_scaling: str,
-    log_scale: Optional[torch.Tensor] = None,
+    log_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``result + delta(x)`` of the module docstring, fused; ``x`` already dropped out. Shapes ``(..., in)``.
 
@@ -216,7 +221,7 @@ def hyplora_forward_literal(
     sqrt_k: torch.Tensor,
     scaling: float,
     input_scaling: str,
-    log_scale: Optional[torch.Tensor] = None,
+    log_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The module docstring's computation written out with concatenations: the reference for tests and benchmarks."""
     x, weight_a, weight_b, sqrt_k, log_scale = _in_compute_dtype(x, weight_a, weight_b, sqrt_k, log_scale)
@@ -311,7 +316,7 @@ class HypLoraLinear(LoraLinear):
             return F.softplus(self.lora_curvature[adapter_name].weight.float()).squeeze(0)
         return torch.tensor(self.hyplora_curvature[adapter_name], device=self.lora_A[adapter_name].weight.device)
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         for name in check_adapters_to_merge(self, adapter_names):  # refuse before touching any weight
             if isinstance(self.lora_variant.get(name), HypLoraLinearVariant):
                 raise NotImplementedError(MERGE_ERROR)

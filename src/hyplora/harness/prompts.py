@@ -110,7 +110,9 @@ def chat_prompt(tokenizer, instruction: str, input: str = "", output: str | None
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
 
-def tokenize_example(tokenizer, record: dict, cutoff_len: int, train_on_inputs: bool, template: str = "alpaca") -> dict:
+def tokenize_example(
+    tokenizer, record: dict, cutoff_len: int, train_on_inputs: bool, template: str = "alpaca"
+) -> dict:
     """Tokenize one training record the way LLM-Adapters' `generate_and_tokenize_prompt` does.
 
     1. Render `prompt + output` (`train_prompt`, or `chat_prompt` with the answer as assistant turn).

@@ -6,6 +6,8 @@ from typing import Literal
 from peft import LoraConfig
 from torch import nn
 
+from hyplora.adapter.layer import dispatch_hyplora
+
 INPUT_SCALINGS = ("none", "unit", "rms")
 SUPPORTED_INITS = (True, False, "gaussian")
 
@@ -27,7 +29,9 @@ class HypLoraConfig(LoraConfig):
     )
     curvature: float = field(
         default=1.0,
-        metadata={"help": "K > 0 of the hyperboloid <x,x>_L = -K (sectional curvature -1/K); the initial value if learned."},
+        metadata={
+            "help": "K > 0 of the hyperboloid <x,x>_L = -K (sectional curvature -1/K); the initial value if learned."
+        },
     )
     learn_curvature: bool = field(
         default=False,
@@ -65,10 +69,6 @@ class HypLoraConfig(LoraConfig):
                 raise ValueError(f"`{flag}=True` cannot be combined with HypLoRA (`use_hyplora=True`).")
         if self.target_parameters:
             raise ValueError("`target_parameters` is not supported by HypLoRA: target nn.Linear modules instead.")
-        from hyplora.layer import dispatch_hyplora  # both modules import this one
-        from hyplora.model import install_peft_guards
-
-        install_peft_guards()
         self._register_custom_module({nn.Module: dispatch_hyplora})
 
     @classmethod

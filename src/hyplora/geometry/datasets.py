@@ -2,7 +2,7 @@
 
 The paper measures token statistics on GSM8K, AQuA, BoolQ, Math10K, Math50K, MAWPS, OpenBookQA,
 SVAMP and WinoGrande. Here Math10K is not available, and the `math` training mixture of
-`hyplora.data` (the training splits it is built from) stands in for it, labelled as such; Math50K
+`hyplora.harness.data` (the training splits it is built from) stands in for it, labelled as such; Math50K
 is not available at all, and is analysed only from a file the user passes as ``math50k=PATH``.
 """
 
@@ -18,7 +18,7 @@ class PaperDataset:
 
     Attributes:
         name: the paper's name for it.
-        source: a `hyplora.data` test-set name, ``"train:<name>"`` for a training set, or None when absent.
+        source: a `hyplora.harness.data` test-set name, ``"train:<name>"`` for a training set, or None when absent.
         note: what differs from the paper's data, empty when nothing does.
         stand_in: short name of what ``source`` holds when it is not the paper's data, else empty.
     """
@@ -39,12 +39,15 @@ PAPER_DATASETS: dict[str, PaperDataset] = {
     "aqua": PaperDataset("AQuA", "aqua"),
     "boolq": PaperDataset("BoolQ", "boolq"),
     "math10k": PaperDataset(
-        "Math10K", "train:math",
-        "Math10K is not available here; the `math` training mixture of hyplora.data stands in for it "
+        "Math10K",
+        "train:math",
+        "Math10K is not available here; the `math` training mixture of hyplora.harness.data stands in for it "
         "(GSM8K train, MAWPS train, AQuA dev: the sets Math10K's questions come from, with other rationales)",
         stand_in="math mixture",
     ),
-    "math50k": PaperDataset("Math50K", None, "Math50K is not available here: pass math50k=PATH to a JSON file of its records"),
+    "math50k": PaperDataset(
+        "Math50K", None, "Math50K is not available here: pass math50k=PATH to a JSON file of its records"
+    ),
     "mawps": PaperDataset("MAWPS", "mawps"),
     "obqa": PaperDataset("OpenBookQA", "obqa"),
     "svamp": PaperDataset("SVAMP", "svamp"),
@@ -78,14 +81,14 @@ def load_analysis_dataset(spec: str) -> AnalysisDataset:
     """Load one dataset named on the command line.
 
     Args:
-        spec: a key of ``PAPER_DATASETS`` (``gsm8k``, ``math10k``...), another `hyplora.data`
+        spec: a key of ``PAPER_DATASETS`` (``gsm8k``, ``math10k``...), another `hyplora.harness.data`
             test-set name, ``KEY=PATH`` (a JSON file in the test-set schema, reported as KEY;
             ``math50k=PATH`` supplies Math50K), or a path to such a file.
 
     Raises:
         InputError: an unknown name, an absent dataset without a file, or an empty dataset.
     """
-    from hyplora.data import load_test_set, load_train_set
+    from hyplora.harness.data import load_test_set, load_train_set
 
     key, _, path = spec.partition("=")
     key = key.strip().lower()

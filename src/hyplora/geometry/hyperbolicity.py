@@ -159,20 +159,35 @@ def sampled_delta_hyperbolicity(
         points = _checked_points(x)
         n = points.shape[0]
         with _worker_pool() as pool:
-            diameter = _checked_diameter(max(pool.map(
-                lambda i: float(torch.cdist(points[i : i + _ROWS_PER_BLOCK], points).max()), range(0, n, _ROWS_PER_BLOCK))))
+            diameter = _checked_diameter(
+                max(
+                    pool.map(
+                        lambda i: float(torch.cdist(points[i : i + _ROWS_PER_BLOCK], points).max()),
+                        range(0, n, _ROWS_PER_BLOCK),
+                    )
+                )
+            )
 
         def pair_distance(i, j):
             return torch.linalg.vector_norm(points[i] - points[j], dim=-1)
+
     rng = np.random.default_rng(seed)
     delta = 0.0
     for start in range(0, num_samples, batch_size):
         quads = torch.from_numpy(rng.integers(0, n, size=(min(batch_size, num_samples - start), 4)))
         a, b, c, d = quads.unbind(1)
-        sums = torch.stack(
-            [pair_distance(a, b) + pair_distance(c, d), pair_distance(a, c) + pair_distance(b, d),
-             pair_distance(a, d) + pair_distance(b, c)], dim=1,
-        ).sort(dim=1, descending=True).values
+        sums = (
+            torch.stack(
+                [
+                    pair_distance(a, b) + pair_distance(c, d),
+                    pair_distance(a, c) + pair_distance(b, d),
+                    pair_distance(a, d) + pair_distance(b, c),
+                ],
+                dim=1,
+            )
+            .sort(dim=1, descending=True)
+            .values
+        )
         delta = max(delta, float(0.5 * (sums[:, 0] - sums[:, 1]).max()))
     return Hyperbolicity(delta, diameter, n, "sampled")
 

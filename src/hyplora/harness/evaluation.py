@@ -36,9 +36,9 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
-from hyplora.data import TEST_SETS, domain, load_test_set
 from hyplora.errors import InputError
-from hyplora.prompts import RESPONSE_SPLIT, TEMPLATES, chat_prompt, eval_prompt
+from hyplora.harness.data import TEST_SETS, domain, load_test_set
+from hyplora.harness.prompts import RESPONSE_SPLIT, TEMPLATES, chat_prompt, eval_prompt
 
 MODES = ("paper", "robust")
 NUMBER_TOLERANCE = 0.001
@@ -162,7 +162,9 @@ _NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|
 _ROBUST_NUMBER = re.compile(_NUMBER)
 _ANSWER_CUE = r"(?i:answer\s+is|answer\s*:|answer\s*=)"
 _CUED_NUMBER = re.compile(_ANSWER_CUE + r"\s*[:=]?\s*\$?\s*(" + _NUMBER + ")")
-_CUED_LETTER = re.compile(r"(?i:(?:answer|option)(?:\s+is)?)\s*[:=]?\s*\(?([A-E])\)?(?![A-Za-z])|\\boxed\{\s*\(?([A-E])\)?\s*\}")
+_CUED_LETTER = re.compile(
+    r"(?i:(?:answer|option)(?:\s+is)?)\s*[:=]?\s*\(?([A-E])\)?(?![A-Za-z])|\\boxed\{\s*\(?([A-E])\)?\s*\}"
+)
 _LEADING_LETTER = re.compile(r"\(?([A-E])(?:\)|\.|:|\s*$)")
 _PARENTHESISED_LETTER = re.compile(r"\(([A-E])\)")
 
@@ -266,14 +268,16 @@ class PreallocatedLayer(DynamicLayer):
         super().lazy_initialization(key_states, value_states)
         batch, heads, _, dim = key_states.shape
         self.key_buffer = key_states.new_empty((batch, heads, self.capacity, dim))
-        self.value_buffer = value_states.new_empty((batch, value_states.shape[1], self.capacity, value_states.shape[-1]))
+        self.value_buffer = value_states.new_empty(
+            (batch, value_states.shape[1], self.capacity, value_states.shape[-1])
+        )
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
-        self.key_buffer[:, :, self.length:end] = key_states
-        self.value_buffer[:, :, self.length:end] = value_states
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
         self.length = end
         self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
         return self.keys, self.values
@@ -281,7 +285,7 @@ class PreallocatedLayer(DynamicLayer):
     def batch_select_indices(self, indices):
         if self.is_initialized:
             self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
-            self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+            self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
 
 
 def new_cache(model, capacity: int) -> DynamicCache:
@@ -318,8 +322,8 @@ def _left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.T
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, ids in enumerate(prompts):
-        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids):] = 1
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
     return input_ids.to(device), attention_mask.to(device)
 
 
@@ -333,7 +337,9 @@ def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
 
 
 @torch.inference_mode()
-def generate_greedy(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set[int], pad_id: int) -> list[list[int]]:
+def generate_greedy(
+    model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set[int], pad_id: int
+) -> list[list[int]]:
     """Greedy decoding of one batch; returns each row's new tokens, up to and including its first EOS.
 
     1. Prefill the left-padded prompts (positions count real tokens only) into a preallocated cache.
@@ -346,8 +352,14 @@ def generate_greedy(model, prompts: list[list[int]], *, max_new_tokens: int, eos
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     cache = new_cache(model, capacity=input_ids.shape[1] + max_new_tokens)
     extra = {"logits_to_keep": 1} if has_logits_to_keep else {}
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   use_cache=True, **{cache_kwarg: cache}, **extra).logits[:, -1]
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        **{cache_kwarg: cache},
+        **extra,
+    ).logits[:, -1]
     positions = positions[:, -1:]
     rows = list(range(len(prompts)))  # the prompt index of each row still in the batch
     running = [True] * len(rows)
@@ -368,14 +380,20 @@ def generate_greedy(model, prompts: list[list[int]], *, max_new_tokens: int, eos
             running = [True] * len(rows)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
         positions = positions + 1
-        logits = model(input_ids=next_tokens[:, None], attention_mask=attention_mask, position_ids=positions,
-                       use_cache=True, **{cache_kwarg: cache}).logits[:, -1]
+        logits = model(
+            input_ids=next_tokens[:, None],
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_kwarg: cache},
+        ).logits[:, -1]
     return generated
 
 
 @torch.inference_mode()
-def generate_beam(model, prompts: list[list[int]], *, max_new_tokens: int, num_beams: int, eos_ids: set[int],
-                  pad_id: int) -> list[list[int]]:
+def generate_beam(
+    model, prompts: list[list[int]], *, max_new_tokens: int, num_beams: int, eos_ids: set[int], pad_id: int
+) -> list[list[int]]:
     """Beam search of one left-padded batch with `transformers`' `generate` (no sampling, as LLM-Adapters).
 
     Every knob of beam search is set to `GenerationConfig`'s defaults explicitly: `generate` would fill
@@ -383,15 +401,34 @@ def generate_beam(model, prompts: list[list[int]], *, max_new_tokens: int, num_b
     fresh `GenerationConfig` did not do.
     """
     input_ids, attention_mask = _left_padded(prompts, pad_id, _device(model))
-    config = GenerationConfig(num_beams=num_beams, do_sample=False, max_new_tokens=max_new_tokens, min_length=0,
-                              early_stopping=False, length_penalty=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
-                              num_return_sequences=1, eos_token_id=sorted(eos_ids), pad_token_id=pad_id)
+    config = GenerationConfig(
+        num_beams=num_beams,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        min_length=0,
+        early_stopping=False,
+        length_penalty=1.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        num_return_sequences=1,
+        eos_token_id=sorted(eos_ids),
+        pad_token_id=pad_id,
+    )
     sequences = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-    return [_until_eos(row, eos_ids) for row in sequences[:, input_ids.shape[1]:].tolist()]
+    return [_until_eos(row, eos_ids) for row in sequences[:, input_ids.shape[1] :].tolist()]
 
 
-def generate_batched(model, prompts: list[list[int]], *, max_new_tokens: int, num_beams: int, batch_size: int,
-                     eos_ids: set[int], pad_id: int, on_batch=None) -> list[list[int]]:
+def generate_batched(
+    model,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    num_beams: int,
+    batch_size: int,
+    eos_ids: set[int],
+    pad_id: int,
+    on_batch=None,
+) -> list[list[int]]:
     """Generate for every prompt in batches of similar length; results come back in prompt order.
 
     Prompts are sorted by token count (longest first, so memory peaks at once) and cut into
@@ -400,13 +437,14 @@ def generate_batched(model, prompts: list[list[int]], *, max_new_tokens: int, nu
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[list[int] | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
+        indices = order[start : start + batch_size]
         batch = [prompts[i] for i in indices]
         if num_beams == 1:
             new = generate_greedy(model, batch, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
         else:
-            new = generate_beam(model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams, eos_ids=eos_ids,
-                                pad_id=pad_id)
+            new = generate_beam(
+                model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams, eos_ids=eos_ids, pad_id=pad_id
+            )
         for i, tokens in zip(indices, new):
             outputs[i] = tokens
         if on_batch is not None:
@@ -481,9 +519,13 @@ def read_items(path: "str | os.PathLike") -> list[dict]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
-            raise InputError(f"{path}: line {number} is not valid JSON ({err.msg}); delete the file to regenerate") from None
+            raise InputError(
+                f"{path}: line {number} is not valid JSON ({err.msg}); delete the file to regenerate"
+            ) from None
         if not isinstance(item, dict) or not {"index", "settings_key", "prompt_hash", "output"} <= item.keys():
-            raise InputError(f"{path}: line {number} is not an item written by hyplora eval; delete the file to regenerate")
+            raise InputError(
+                f"{path}: line {number} is not an item written by hyplora eval; delete the file to regenerate"
+            )
         items.append(item)
     return items
 
@@ -555,12 +597,26 @@ def _accuracy(items: list[dict]) -> dict:
     return {"accuracy": correct / len(items) if items else 0.0, "correct": correct, "count": len(items)}
 
 
-def check_options(datasets, *, limit=None, batch_size=32, mode="paper", output_dir=None, max_new_tokens=None,
-                  num_beams=None, prompt_template="alpaca", levels_dir=None) -> None:
+def check_options(
+    datasets,
+    *,
+    limit=None,
+    batch_size=32,
+    mode="paper",
+    output_dir=None,
+    max_new_tokens=None,
+    num_beams=None,
+    prompt_template="alpaca",
+    levels_dir=None,
+) -> None:
     """Raise `InputError` for a bad option or an unknown / unreadable test set, before any model is loaded."""
     _check_mode(mode)
-    for option, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams),
-                          ("limit", limit)):
+    for option, value in (
+        ("batch_size", batch_size),
+        ("max_new_tokens", max_new_tokens),
+        ("num_beams", num_beams),
+        ("limit", limit),
+    ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InputError(f"option {option} must be a positive integer, got {value!r}")
     if prompt_template not in TEMPLATES:
@@ -576,15 +632,28 @@ def check_options(datasets, *, limit=None, batch_size=32, mode="paper", output_d
         load_test_set(spec, 1, levels_dir=levels_dir)
 
 
-def evaluate(model, tokenizer, datasets, *, limit=None, batch_size=32, mode="paper", output_dir,
-             max_new_tokens=None, num_beams=None, prompt_template="alpaca", levels_dir=None, run_info=None,
-             progress=True) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    datasets,
+    *,
+    limit=None,
+    batch_size=32,
+    mode="paper",
+    output_dir,
+    max_new_tokens=None,
+    num_beams=None,
+    prompt_template="alpaca",
+    levels_dir=None,
+    run_info=None,
+    progress=True,
+) -> dict:
     """Evaluate `model` on test sets and write per-item JSONL, `summary.json`, `results.md` and `accuracy.png`.
 
     Args:
         model: a causal LM (or `PeftModel`); it is put in `eval()` mode and restored afterwards.
         tokenizer: its tokenizer.
-        datasets (`list[str]`): registered test-set names or JSON/JSONL files (see `hyplora.data`).
+        datasets (`list[str]`): registered test-set names or JSON/JSONL files (see `hyplora.harness.data`).
         limit (`int`, *optional*): evaluate the first `limit` items of each set.
         batch_size (`int`): prompts per generation batch.
         mode (`str`): `"paper"` or `"robust"` (module docstring).
@@ -603,12 +672,29 @@ def evaluate(model, tokenizer, datasets, *, limit=None, batch_size=32, mode="pap
     """
     from tqdm.auto import tqdm
 
-    check_options(datasets, limit=limit, batch_size=batch_size, mode=mode, output_dir=output_dir,
-                  max_new_tokens=max_new_tokens, num_beams=num_beams, prompt_template=prompt_template,
-                  levels_dir=levels_dir)
+    check_options(
+        datasets,
+        limit=limit,
+        batch_size=batch_size,
+        mode=mode,
+        output_dir=output_dir,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        prompt_template=prompt_template,
+        levels_dir=levels_dir,
+    )
     beams = num_beams if num_beams is not None else PAPER_NUM_BEAMS if mode == "paper" else 1
-    prepared = [_prepare(spec, tokenizer, limit=limit, levels_dir=levels_dir, prompt_template=prompt_template,
-                         max_new_tokens=max_new_tokens) for spec in datasets]
+    prepared = [
+        _prepare(
+            spec,
+            tokenizer,
+            limit=limit,
+            levels_dir=levels_dir,
+            prompt_template=prompt_template,
+            max_new_tokens=max_new_tokens,
+        )
+        for spec in datasets
+    ]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     eos_ids = eos_token_ids(model, tokenizer)
@@ -619,29 +705,68 @@ def evaluate(model, tokenizer, datasets, *, limit=None, batch_size=32, mode="pap
     per_dataset, timing = {}, {"seconds": 0.0, "generated_items": 0, "generated_tokens": 0}
     try:
         for data in prepared:
-            per_dataset[data.label] = _evaluate_one(model, tokenizer, data, fingerprint=fingerprint, mode=mode,
-                                                    num_beams=beams, batch_size=batch_size, eos_ids=eos_ids,
-                                                    pad_id=pad_id, output_dir=output_dir, timing=timing,
-                                                    progress=progress, tqdm=tqdm)
+            per_dataset[data.label] = _evaluate_one(
+                model,
+                tokenizer,
+                data,
+                fingerprint=fingerprint,
+                mode=mode,
+                num_beams=beams,
+                batch_size=batch_size,
+                eos_ids=eos_ids,
+                pad_id=pad_id,
+                output_dir=output_dir,
+                timing=timing,
+                progress=progress,
+                tqdm=tqdm,
+            )
     finally:
         model.train(was_training)
-    summary = _summary(per_dataset, prepared, mode=mode, beams=beams, batch_size=batch_size, limit=limit,
-                       prompt_template=prompt_template, fingerprint=fingerprint, timing=timing, run_info=run_info)
+    summary = _summary(
+        per_dataset,
+        prepared,
+        mode=mode,
+        beams=beams,
+        batch_size=batch_size,
+        limit=limit,
+        prompt_template=prompt_template,
+        fingerprint=fingerprint,
+        timing=timing,
+        run_info=run_info,
+    )
     write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(output_dir / "results.md", markdown_table(summary))
     plot_accuracy(summary, output_dir / "accuracy.png")
     return summary
 
 
-def _evaluate_one(model, tokenizer, data: _Dataset, *, fingerprint, mode, num_beams, batch_size, eos_ids, pad_id,
-                  output_dir, timing, progress, tqdm) -> dict:
+def _evaluate_one(
+    model,
+    tokenizer,
+    data: _Dataset,
+    *,
+    fingerprint,
+    mode,
+    num_beams,
+    batch_size,
+    eos_ids,
+    pad_id,
+    output_dir,
+    timing,
+    progress,
+    tqdm,
+) -> dict:
     key = settings_key(fingerprint, mode=mode, num_beams=num_beams, max_new_tokens=data.max_new_tokens)
     path = output_dir / f"{data.label}.jsonl"
     items: dict[int, dict] = {}
     for old in read_items(path):
         index = old["index"]
-        if (isinstance(index, int) and 0 <= index < len(data.records) and old["settings_key"] == key
-                and old["prompt_hash"] == _token_hash(data.prompt_ids[index])):
+        if (
+            isinstance(index, int)
+            and 0 <= index < len(data.records)
+            and old["settings_key"] == key
+            and old["prompt_hash"] == _token_hash(data.prompt_ids[index])
+        ):
             items[index] = _scored_item(data, index, old["output"], old.get("generated_tokens", 0), key, mode)
     reused = len(items)
     pending = [i for i in range(len(data.records)) if i not in items]
@@ -659,8 +784,16 @@ def _evaluate_one(model, tokenizer, data: _Dataset, *, fingerprint, mode, num_be
         bar.update(len(batch_indices))
 
     if pending:
-        generate_batched(model, [data.prompt_ids[i] for i in pending], max_new_tokens=data.max_new_tokens,
-                         num_beams=num_beams, batch_size=batch_size, eos_ids=eos_ids, pad_id=pad_id, on_batch=on_batch)
+        generate_batched(
+            model,
+            [data.prompt_ids[i] for i in pending],
+            max_new_tokens=data.max_new_tokens,
+            num_beams=num_beams,
+            batch_size=batch_size,
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            on_batch=on_batch,
+        )
     else:
         write_atomic(path, _jsonl([items[i] for i in sorted(items)]))
     timing["seconds"] += time.perf_counter() - start
@@ -669,17 +802,22 @@ def _evaluate_one(model, tokenizer, data: _Dataset, *, fingerprint, mode, num_be
     result = {**_accuracy(ordered), "reused": reused, "generated": len(pending), "max_new_tokens": data.max_new_tokens}
     levels = sorted({item["level"] for item in ordered if "level" in item})
     if levels:
-        result["levels"] = {str(level): _accuracy([it for it in ordered if it.get("level") == level]) for level in levels}
+        result["levels"] = {
+            str(level): _accuracy([it for it in ordered if it.get("level") == level]) for level in levels
+        }
     return result
 
 
-def _summary(per_dataset, prepared, *, mode, beams, batch_size, limit, prompt_template, fingerprint, timing,
-             run_info) -> dict:
+def _summary(
+    per_dataset, prepared, *, mode, beams, batch_size, limit, prompt_template, fingerprint, timing, run_info
+) -> dict:
     notes = list(PAPER_NOTES if mode == "paper" else ROBUST_CHANGES)
     budgets = {data.domain: data.max_new_tokens for data in prepared}
     if mode == "paper" and (beams != PAPER_NUM_BEAMS or any(MAX_NEW_TOKENS[d] != n for d, n in budgets.items())):
-        notes.append(f"decoding differs from the paper's: {beams} beam(s) (paper: {PAPER_NUM_BEAMS}), new-token budgets "
-                     f"{budgets} (paper: {MAX_NEW_TOKENS})")
+        notes.append(
+            f"decoding differs from the paper's: {beams} beam(s) (paper: {PAPER_NUM_BEAMS}), new-token budgets "
+            f"{budgets} (paper: {MAX_NEW_TOKENS})"
+        )
     accuracies = [result["accuracy"] for result in per_dataset.values()]
     correct = sum(result["correct"] for result in per_dataset.values())
     count = sum(result["count"] for result in per_dataset.values())
@@ -693,8 +831,9 @@ def _summary(per_dataset, prepared, *, mode, beams, batch_size, limit, prompt_te
         "limit": limit,
         "prompt_template": prompt_template,
         "model_fingerprint": fingerprint,
-        "datasets": {data.label: {"source": data.spec, "domain": data.domain, **per_dataset[data.label]}
-                     for data in prepared},
+        "datasets": {
+            data.label: {"source": data.spec, "domain": data.domain, **per_dataset[data.label]} for data in prepared
+        },
         "macro_mean": sum(accuracies) / len(accuracies),
         "weighted_mean": correct / count if count else 0.0,
         "generation": {
@@ -711,7 +850,8 @@ def markdown_table(summary: dict) -> str:
     """Per-dataset accuracy (%) and counts, then the macro mean and the test-size-weighted mean."""
     lines = [
         f"Mode `{summary['mode']}`, {summary['num_beams']} beam(s), prompt `{summary['prompt_template']}`"
-        + (f", first {summary['limit']} items per set" if summary["limit"] else "") + ".",
+        + (f", first {summary['limit']} items per set" if summary["limit"] else "")
+        + ".",
         "",
         "| dataset | accuracy (%) | correct | count |",
         "|---|---:|---:|---:|",
@@ -719,7 +859,9 @@ def markdown_table(summary: dict) -> str:
     for label, result in summary["datasets"].items():
         lines.append(f"| {label} | {100 * result['accuracy']:.1f} | {result['correct']} | {result['count']} |")
         for level, stats in result.get("levels", {}).items():
-            lines.append(f"| {label} level {level} | {100 * stats['accuracy']:.1f} | {stats['correct']} | {stats['count']} |")
+            lines.append(
+                f"| {label} level {level} | {100 * stats['accuracy']:.1f} | {stats['correct']} | {stats['count']} |"
+            )
     total = sum(result["count"] for result in summary["datasets"].values())
     lines.append(f"| **macro mean** | {100 * summary['macro_mean']:.1f} | | |")
     lines.append(f"| **weighted mean** | {100 * summary['weighted_mean']:.1f} | | {total} |")

@@ -1,6 +1,6 @@
 """One analysis run: token statistics, norms, word groups and δ for a model over several datasets.
 
-`run_analysis` computes every number of the report; `hyplora.analysis.report.write_report` turns
+`run_analysis` computes every number of the report; `hyplora.geometry.report.write_report` turns
 the result into PNGs, JSON and markdown.
 """
 
@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from hyplora.analysis.datasets import PAPER_DATASETS, AnalysisDataset
-from hyplora.analysis.delta_protocols import CONTROLS, per_prompt_delta, top_tokens_delta
-from hyplora.analysis.embeddings import check_hidden_layer, hidden_state_norms, input_embedding_layer, token_norms
-from hyplora.analysis.frequency import PowerLawFit, count_tokens, fit_power_law, record_text
-from hyplora.analysis.norms import DEFAULT_GROUPS, binned_by_frequency, group_statistics, spearman_with_ci
 from hyplora.errors import InputError
+from hyplora.geometry.datasets import PAPER_DATASETS, AnalysisDataset
+from hyplora.geometry.delta_protocols import CONTROLS, per_prompt_delta, top_tokens_delta
+from hyplora.geometry.embeddings import check_hidden_layer, hidden_state_norms, input_embedding_layer, token_norms
+from hyplora.geometry.frequency import PowerLawFit, count_tokens, fit_power_law, record_text
+from hyplora.geometry.norms import DEFAULT_GROUPS, binned_by_frequency, group_statistics, spearman_with_ci
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,12 @@ class AnalysisResult:
 
 
 def run_analysis(
-    model, tokenizer, datasets: list[AnalysisDataset], options: AnalysisOptions = AnalysisOptions(), *, model_name: str = ""
+    model,
+    tokenizer,
+    datasets: list[AnalysisDataset],
+    options: AnalysisOptions = AnalysisOptions(),
+    *,
+    model_name: str = "",
 ) -> AnalysisResult:
     """Measure power law, norm vs frequency, word groups and δ (both protocols) on each dataset.
 
@@ -82,7 +87,8 @@ def run_analysis(
         "model_class": type(model).__name__,
         "vocab_size": embedding.num_embeddings,
         "embedding_dim": embedding.embedding_dim,
-        "settings": asdict(options) | {
+        "settings": asdict(options)
+        | {
             "groups": options.groups or DEFAULT_GROUPS,
             "spearman_ci": "95% Fisher z interval with Fieller's variance 1.06/(n-3)",
             "delta": "HGCN protocol: Gromov products at base point 0, exact (max, min) product; relative = 2δ/diam",
@@ -97,13 +103,24 @@ def run_analysis(
         counts = _dataset_counts(dataset, tokenizer, options.include_answers)
         pooled.update(counts)
         entry, arrays, power_law = _analyse_dataset(model, tokenizer, dataset, counts, options)
-        summary["datasets"][dataset.key], result.token_arrays[dataset.key], result.power_laws[dataset.key] = entry, arrays, power_law
+        summary["datasets"][dataset.key], result.token_arrays[dataset.key], result.power_laws[dataset.key] = (
+            entry,
+            arrays,
+            power_law,
+        )
     pooled_ids = np.fromiter(pooled, dtype=np.int64)
     summary["pooled"] = {
         "num_types": len(pooled),
-        "spearman": spearman_with_ci([pooled[t] for t in pooled_ids.tolist()], token_norms(model, pooled_ids)).to_dict(),
-        "groups": group_statistics(options.groups or DEFAULT_GROUPS, tokenizer, pooled,
-                                   lambda ids: token_norms(model, ids), multi_token=options.multi_token),
+        "spearman": spearman_with_ci(
+            [pooled[t] for t in pooled_ids.tolist()], token_norms(model, pooled_ids)
+        ).to_dict(),
+        "groups": group_statistics(
+            options.groups or DEFAULT_GROUPS,
+            tokenizer,
+            pooled,
+            lambda ids: token_norms(model, ids),
+            multi_token=options.multi_token,
+        ),
     }
     return result
 
@@ -135,14 +152,22 @@ def _analyse_dataset(model, tokenizer, dataset: AnalysisDataset, counts: Counter
             "bins": binned_by_frequency(frequencies, norms, num_bins=options.num_bins),
         },
         "delta_per_prompt": per_prompt_delta(
-            model, tokenizer, tqdm(prompts, desc=f"{dataset.key}: δ per prompt", leave=False, unit="prompt"),
-            max_tokens=options.max_prompt_tokens, seed=options.seed,
+            model,
+            tokenizer,
+            tqdm(prompts, desc=f"{dataset.key}: δ per prompt", leave=False, unit="prompt"),
+            max_tokens=options.max_prompt_tokens,
+            seed=options.seed,
         ),
         "delta_top_n": top_tokens_delta(model, counts, top_n=options.top_n, seed=options.seed),
     }
     if options.hidden_layer is not None:
-        hidden = hidden_state_norms(model, tokenizer, tqdm(prompts, desc=f"{dataset.key}: hidden states", leave=False, unit="prompt"),
-                                    options.hidden_layer, max_tokens=options.max_prompt_tokens)
+        hidden = hidden_state_norms(
+            model,
+            tokenizer,
+            tqdm(prompts, desc=f"{dataset.key}: hidden states", leave=False, unit="prompt"),
+            options.hidden_layer,
+            max_tokens=options.max_prompt_tokens,
+        )
         seen = np.fromiter(hidden, dtype=np.int64)
         arrays["hidden_frequencies"] = np.array([counts[t] for t in seen])
         arrays["hidden_norms"] = np.array([hidden[t] for t in seen.tolist()])
@@ -150,6 +175,8 @@ def _analyse_dataset(model, tokenizer, dataset: AnalysisDataset, counts: Counter
             "layer": options.hidden_layer,
             "prompts": len(prompts),
             "spearman": spearman_with_ci(arrays["hidden_frequencies"], arrays["hidden_norms"]).to_dict(),
-            "bins": binned_by_frequency(arrays["hidden_frequencies"], arrays["hidden_norms"], num_bins=options.num_bins),
+            "bins": binned_by_frequency(
+                arrays["hidden_frequencies"], arrays["hidden_norms"], num_bins=options.num_bins
+            ),
         }
     return entry, arrays, power_law

@@ -1,17 +1,17 @@
-"""Loading HypLoRA adapters, checking an injection, and the guards PEFT needs for a non-linear LoRA variant."""
+"""PEFT's extension points for a non-linear LoRA variant, installed once when `hyplora` is imported.
+
+- injection: every HypLoRA adapter PEFT injects is checked to really run HypLoRA (:func:`check_hyplora_layers`);
+- `add_weighted_adapter`: refused for HypLoRA adapters (PEFT's "linear" mode would silently sum them).
+Other adapters are unaffected.
+"""
 
 import functools
-import json
-from pathlib import Path
-from typing import Union
 
-from peft import PeftConfig, PeftModel
 from peft.tuners.lora import LoraLayer, LoraModel
 from torch import nn
 
-from hyplora.config import HypLoraConfig
-from hyplora.errors import InputError
-from hyplora.layer import HypLoraLinearVariant
+from hyplora.adapter.config import HypLoraConfig
+from hyplora.adapter.layer import HypLoraLinearVariant
 
 
 def is_hyplora_config(config) -> bool:
@@ -43,43 +43,6 @@ def check_hyplora_layers(model: nn.Module, adapter_name: str | None = None) -> i
     return total
 
 
-def load_adapter(
-    model: nn.Module, path: Union[str, Path], adapter_name: str = "default", is_trainable: bool = False
-) -> PeftModel:
-    """Load a HypLoRA, LoRA or DoRA adapter saved by `save_pretrained` onto `model` (a base model or `PeftModel`).
-
-    The config class comes from `adapter_config.json` (`use_hyplora: true` -> `HypLoraConfig`), so logits are
-    reproduced exactly. Raises `InputError` for a missing or incompatible adapter.
-    """
-    path = Path(path)
-    config_file = path / "adapter_config.json"
-    if not config_file.is_file():
-        raise InputError(f"{config_file}: no adapter config (expected a folder written by save_pretrained)")
-    try:
-        saved = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{config_file}: malformed JSON ({err.msg} at line {err.lineno})") from None
-    config_cls = HypLoraConfig if saved.get("use_hyplora") else PeftConfig
-    config = config_cls.from_pretrained(str(path))
-    config.inference_mode = not is_trainable
-    try:
-        if isinstance(model, PeftModel):
-            if adapter_name not in model.peft_config:  # PEFT would read the config as a plain LoraConfig
-                model.add_adapter(adapter_name, config)
-            model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
-            peft_model = model
-        else:
-            peft_model = PeftModel.from_pretrained(
-                model, str(path), adapter_name=adapter_name, is_trainable=is_trainable, config=config
-            )
-    except RuntimeError as err:
-        if "size mismatch" in str(err):
-            first = next(line.strip() for line in str(err).splitlines() if "size mismatch" in line)
-            raise InputError(f"{path}: adapter does not fit this base model ({first})") from None
-        raise
-    return peft_model  # the injection hook has checked every HypLoRA layer (install_peft_guards)
-
-
 def _refuse_weighted_hyplora(add_weighted_adapter):
     @functools.wraps(add_weighted_adapter)
     def guarded(self, adapters, *args, **kwargs):
@@ -104,10 +67,8 @@ def _check_after_injection(post_injection_hook):
     return checked
 
 
-def install_peft_guards() -> None:
-    """Wrap two `LoraModel` methods, once: refuse `add_weighted_adapter` on HypLoRA adapters (PEFT's 'linear'
-    mode would silently sum them), and check every injection of a HypLoRA adapter. Other adapters are unaffected.
-    """
+def install_peft_hooks() -> None:
+    """Wrap two `LoraModel` methods, once per process (the module docstring says which and why)."""
     if getattr(LoraModel.add_weighted_adapter, "_hyplora_guard", False):
         return
     LoraModel.add_weighted_adapter = _refuse_weighted_hyplora(LoraModel.add_weighted_adapter)

@@ -5,9 +5,9 @@ vectors from a model; `delta_protocols` and `pipeline` put them together for a m
 `plots` and `report` write the figures, JSON and markdown (`hyplora analyze`).
 """
 
-from hyplora.analysis.frequency import PowerLawFit, count_tokens, fit_power_law
-from hyplora.analysis.hyperbolicity import Hyperbolicity, delta_hyperbolicity, sampled_delta_hyperbolicity
-from hyplora.analysis.norms import DEFAULT_GROUPS, spearman_with_ci
+from hyplora.geometry.frequency import PowerLawFit, count_tokens, fit_power_law
+from hyplora.geometry.hyperbolicity import Hyperbolicity, delta_hyperbolicity, sampled_delta_hyperbolicity
+from hyplora.geometry.norms import DEFAULT_GROUPS, spearman_with_ci
 
 __all__ = [
     "DEFAULT_GROUPS",

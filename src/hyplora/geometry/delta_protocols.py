@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
-from hyplora.analysis.embeddings import token_embeddings
-from hyplora.analysis.hyperbolicity import Hyperbolicity, delta_hyperbolicity
 from hyplora.errors import InputError
+from hyplora.geometry.embeddings import token_embeddings
+from hyplora.geometry.hyperbolicity import Hyperbolicity, delta_hyperbolicity
 
 
 def gaussian_control(points: torch.Tensor, *, seed: int) -> torch.Tensor:
@@ -98,6 +98,10 @@ def top_tokens_delta(model, counts: Mapping[int, int], *, top_n: int = 1000, see
     if len(ranked) < 4:
         raise InputError(f"top-N δ: needs at least 4 distinct tokens, the data has {len(ranked)}")
     results = cloud_delta(token_embeddings(model, ranked), seed=seed)
-    return {"num_points": len(ranked), **{
-        name: dict(delta=r.delta, diameter=r.diameter, relative_delta=r.relative_delta) for name, r in results.items()
-    }}
+    return {
+        "num_points": len(ranked),
+        **{
+            name: dict(delta=r.delta, diameter=r.diameter, relative_delta=r.relative_delta)
+            for name, r in results.items()
+        },
+    }

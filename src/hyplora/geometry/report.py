@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from hyplora.analysis import plots
-from hyplora.analysis.datasets import PAPER_DATASETS
-from hyplora.analysis.pipeline import AnalysisResult
+from hyplora.geometry import plots
+from hyplora.geometry.datasets import PAPER_DATASETS
+from hyplora.geometry.pipeline import AnalysisResult
 
 # The paper's reported values (reference notes, section 6; third-party, not verified against the paper).
 PAPER_RELATIVE_DELTA = (0.06, 0.12)
@@ -28,7 +28,9 @@ def write_report(result: AnalysisResult, output_dir: str | Path) -> list[Path]:
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = result.summary | {"paper_reference": {"relative_delta": list(PAPER_RELATIVE_DELTA), "power_law_alpha": PAPER_POWER_LAW_ALPHA}}
+    summary = result.summary | {
+        "paper_reference": {"relative_delta": list(PAPER_RELATIVE_DELTA), "power_law_alpha": PAPER_POWER_LAW_ALPHA}
+    }
     written = [out / "analysis.json"]
     written[0].write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     written += _write_figures(result, out)
@@ -44,25 +46,37 @@ def _write_figures(result: AnalysisResult, out: Path) -> list[Path]:
     rank_panels |= {PAPER_DATASETS[k].name: note for k, note in result.summary["missing"].items()}
     figures = [
         plots.plot_rank_frequency(rank_panels, out / FIGURES["rank_frequency"]),
-        plots.plot_norm_vs_frequency(_norm_panels(result, "norm_vs_frequency", "frequencies", "norms"), out / FIGURES["norm_vs_frequency"]),
+        plots.plot_norm_vs_frequency(
+            _norm_panels(result, "norm_vs_frequency", "frequencies", "norms"), out / FIGURES["norm_vs_frequency"]
+        ),
         plots.plot_groups(result.summary["pooled"]["groups"], out / FIGURES["groups"]),
         plots.plot_delta(
-            {labels[k]: e["delta_per_prompt"] for k, e in datasets.items()}, {labels[k]: e["delta_top_n"] for k, e in datasets.items()},
-            out / FIGURES["delta"], reference=PAPER_RELATIVE_DELTA,
+            {labels[k]: e["delta_per_prompt"] for k, e in datasets.items()},
+            {labels[k]: e["delta_top_n"] for k, e in datasets.items()},
+            out / FIGURES["delta"],
+            reference=PAPER_RELATIVE_DELTA,
         ),
     ]
     if result.summary["settings"]["hidden_layer"] is not None:
         layer = result.summary["settings"]["hidden_layer"]
-        figures.append(plots.plot_norm_vs_frequency(
-            _norm_panels(result, "hidden_norm_vs_frequency", "hidden_frequencies", "hidden_norms"),
-            out / FIGURES["hidden_norm_vs_frequency"], ylabel=f"hidden-state norm, layer {layer}", log_y=True,
-        ))
+        figures.append(
+            plots.plot_norm_vs_frequency(
+                _norm_panels(result, "hidden_norm_vs_frequency", "hidden_frequencies", "hidden_norms"),
+                out / FIGURES["hidden_norm_vs_frequency"],
+                ylabel=f"hidden-state norm, layer {layer}",
+                log_y=True,
+            )
+        )
     return figures
 
 
 def _norm_panels(result: AnalysisResult, entry_key: str, freq_key: str, norm_key: str) -> dict:
     return {
-        entry["label"]: {"frequencies": result.token_arrays[key][freq_key], "norms": result.token_arrays[key][norm_key], **entry[entry_key]}
+        entry["label"]: {
+            "frequencies": result.token_arrays[key][freq_key],
+            "norms": result.token_arrays[key][norm_key],
+            **entry[entry_key],
+        }
         for key, entry in result.summary["datasets"].items()
     }
 
@@ -126,11 +140,16 @@ def _norm_section(summary: dict) -> list[str]:
             row += f" {h['rho']:.3f} (n={h['n']:,}) | [{h['ci_low']:.3f}, {h['ci_high']:.3f}] |"
         lines.append(row)
     r = pooled["spearman"]
-    lines.append(f"| all datasets pooled | {r['n']:,} | {r['rho']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['p_value']:.2g} |")
+    lines.append(
+        f"| all datasets pooled | {r['n']:,} | {r['rho']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['p_value']:.2g} |"
+    )
     if hidden:
-        lines += ["", f"Hidden-state norms: after block {settings['hidden_layer']}, mean over each token's occurrences in the "
-                  "prompts of the δ protocol, leaving out each prompt's first position (the attention sink, whose norm is "
-                  "orders of magnitude larger)."]
+        lines += [
+            "",
+            f"Hidden-state norms: after block {settings['hidden_layer']}, mean over each token's occurrences in the "
+            "prompts of the δ protocol, leaving out each prompt's first position (the attention sink, whose norm is "
+            "orders of magnitude larger).",
+        ]
     return lines + [""]
 
 
@@ -147,8 +166,10 @@ def _groups_section(summary: dict) -> list[str]:
     ]
     for g in summary["pooled"]["groups"]:
         words = ", ".join(w["word"] for w in g["words"])
-        lines.append(f"| {g['group']} | {words} | {g['multi_token_words']} | {g['mean_frequency']:,.1f} "
-                     f"| {g['mean_norm']:.3f} ± {g['std_norm']:.3f} |")
+        lines.append(
+            f"| {g['group']} | {words} | {g['multi_token_words']} | {g['mean_frequency']:,.1f} "
+            f"| {g['mean_norm']:.3f} ± {g['std_norm']:.3f} |"
+        )
     return lines + [""]
 
 
@@ -174,7 +195,10 @@ def _delta_section(summary: dict) -> list[str]:
         tops = [f"{b[c]['relative_delta']:.3f}" for c in ("embeddings", "gaussian", "shuffled")]
         lines.append(
             f"| {e['label']} | {len(a['num_points'])} ({a['skipped']}) | {min(a['num_points'])}-{max(a['num_points'])} | "
-            + " | ".join(cells) + f" | {b['num_points']} | " + " | ".join(tops) + " |"
+            + " | ".join(cells)
+            + f" | {b['num_points']} | "
+            + " | ".join(tops)
+            + " |"
         )
     return lines + [""]
 

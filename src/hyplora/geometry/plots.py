@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
-from hyplora.analysis.frequency import PowerLawFit, fitted_rank_curve, rank_frequency  # noqa: E402
+from hyplora.geometry.frequency import PowerLawFit, fitted_rank_curve, rank_frequency  # noqa: E402
 
 _DPI = 90
 _CLOUD_COLOURS = {"embeddings": "tab:blue", "gaussian": "tab:orange", "shuffled": "tab:green"}
@@ -63,12 +63,14 @@ def plot_rank_frequency(panels: Mapping[str, tuple[Sequence[int], PowerLawFit] |
     return _save(fig, path)
 
 
-def plot_norm_vs_frequency(panels: Mapping[str, dict], path: Path, *, ylabel: str = "input-embedding norm", log_y: bool = False) -> Path:
+def plot_norm_vs_frequency(
+    panels: Mapping[str, dict], path: Path, *, ylabel: str = "input-embedding norm", log_y: bool = False
+) -> Path:
     """Norm against frequency: every token as a faint dot, binned mean ± std and median with IQR band.
 
     Args:
         panels: label -> ``{"frequencies", "norms", "bins", "spearman"}`` (bins from
-            :func:`hyplora.analysis.norms.binned_by_frequency`, spearman a ``SpearmanResult`` dict).
+            :func:`hyplora.geometry.norms.binned_by_frequency`, spearman a ``SpearmanResult`` dict).
         path: the PNG to write.
         ylabel: what the norm is of.
         log_y: logarithmic norm axis (hidden states have a few norms orders of magnitude above the rest).
@@ -78,10 +80,20 @@ def plot_norm_vs_frequency(panels: Mapping[str, dict], path: Path, *, ylabel: st
         ax.scatter(panel["frequencies"], panel["norms"], s=2, alpha=0.15, color="grey", rasterized=True)
         bins = panel["bins"]
         centres = np.sqrt([b["lo"] * b["hi"] for b in bins])
-        ax.fill_between(centres, [b["q25"] for b in bins], [b["q75"] for b in bins], color="tab:blue", alpha=0.25, label="IQR")
+        ax.fill_between(
+            centres, [b["q25"] for b in bins], [b["q75"] for b in bins], color="tab:blue", alpha=0.25, label="IQR"
+        )
         ax.plot(centres, [b["median"] for b in bins], "-", color="tab:blue", label="median")
-        ax.errorbar(centres, [b["mean"] for b in bins], yerr=[b["std"] for b in bins], fmt="o", ms=3, color="tab:red",
-                    capsize=2, label="mean ± std")
+        ax.errorbar(
+            centres,
+            [b["mean"] for b in bins],
+            yerr=[b["std"] for b in bins],
+            fmt="o",
+            ms=3,
+            color="tab:red",
+            capsize=2,
+            label="mean ± std",
+        )
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
@@ -89,7 +101,9 @@ def plot_norm_vs_frequency(panels: Mapping[str, dict], path: Path, *, ylabel: st
             ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
             ax.tick_params(axis="y", which="minor", labelsize=6)
         s = panel["spearman"]
-        ax.set_title(f"{label}\nSpearman ρ={s['rho']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}], n={s['n']}", fontsize=8)
+        ax.set_title(
+            f"{label}\nSpearman ρ={s['rho']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}], n={s['n']}", fontsize=8
+        )
         ax.set_xlabel("token frequency")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=6)
@@ -101,7 +115,14 @@ def plot_groups(groups: Sequence[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     names = [g["group"] for g in groups]
     x = np.arange(len(names))
-    ax.bar(x, [g["mean_norm"] for g in groups], yerr=[g["std_norm"] for g in groups], capsize=3, color="tab:blue", alpha=0.7)
+    ax.bar(
+        x,
+        [g["mean_norm"] for g in groups],
+        yerr=[g["std_norm"] for g in groups],
+        capsize=3,
+        color="tab:blue",
+        alpha=0.7,
+    )
     ax.set_ylabel("mean input-embedding norm", color="tab:blue")
     ax.set_xticks(x, names, fontsize=8)
     freq_ax = ax.twinx()
@@ -112,12 +133,14 @@ def plot_groups(groups: Sequence[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_delta(per_prompt: Mapping[str, dict], top_n: Mapping[str, dict], path: Path, *, reference=(0.06, 0.12)) -> Path:
+def plot_delta(
+    per_prompt: Mapping[str, dict], top_n: Mapping[str, dict], path: Path, *, reference=(0.06, 0.12)
+) -> Path:
     """Per-prompt relative δ (box plots) and top-N relative δ (diamonds) of embeddings and controls, per dataset.
 
     Args:
-        per_prompt: label -> :func:`~hyplora.analysis.delta_protocols.per_prompt_delta` result.
-        top_n: label -> :func:`~hyplora.analysis.delta_protocols.top_tokens_delta` result.
+        per_prompt: label -> :func:`~hyplora.geometry.delta_protocols.per_prompt_delta` result.
+        top_n: label -> :func:`~hyplora.geometry.delta_protocols.top_tokens_delta` result.
         path: the PNG to write.
         reference: the paper's reported range of relative δ, drawn as a band.
     """
@@ -128,11 +151,24 @@ def plot_delta(per_prompt: Mapping[str, dict], top_n: Mapping[str, dict], path: 
     width = 0.8 / len(clouds)
     for c, cloud in enumerate(clouds):
         positions = np.arange(len(labels)) + (c - (len(clouds) - 1) / 2) * width
-        ax.boxplot([per_prompt[label][cloud]["values"] for label in labels], positions=positions, widths=width * 0.9,
-                   showfliers=False, patch_artist=True, boxprops=dict(facecolor=_CLOUD_COLOURS[cloud], alpha=0.5),
-                   medianprops=dict(color="black"))
-        ax.plot(positions, [top_n[label][cloud]["relative_delta"] for label in labels], "D", ms=5,
-                color=_CLOUD_COLOURS[cloud], markeredgecolor="black", label=f"{cloud}: per prompt (box), top-N (◆)")
+        ax.boxplot(
+            [per_prompt[label][cloud]["values"] for label in labels],
+            positions=positions,
+            widths=width * 0.9,
+            showfliers=False,
+            patch_artist=True,
+            boxprops=dict(facecolor=_CLOUD_COLOURS[cloud], alpha=0.5),
+            medianprops=dict(color="black"),
+        )
+        ax.plot(
+            positions,
+            [top_n[label][cloud]["relative_delta"] for label in labels],
+            "D",
+            ms=5,
+            color=_CLOUD_COLOURS[cloud],
+            markeredgecolor="black",
+            label=f"{cloud}: per prompt (box), top-N (◆)",
+        )
     ax.set_xticks(np.arange(len(labels)), [textwrap.fill(label, 16) for label in labels], fontsize=8)
     ax.set_ylabel("relative δ = 2δ / diam")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)

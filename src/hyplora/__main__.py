@@ -1,0 +1,7 @@
+"""`python -m hyplora`: the `hyplora` command."""
+
+import sys
+
+from hyplora.cli import main
+
+sys.exit(main())

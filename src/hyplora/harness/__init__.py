@@ -1,0 +1,1 @@
+"""The benchmark harness: data, prompts, base models, training, generation, answer extraction, evaluation."""
