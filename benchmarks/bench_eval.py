@@ -39,7 +39,8 @@ from transformers.utils import logging as hf_logging
 
 from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_test_set
-from hyplora.harness.evaluation import evaluate, extract_answer, generate_greedy, read_items
+from hyplora.harness.evaluation import evaluate, extract_answer, read_items
+from hyplora.harness.generation import generate_greedy
 from hyplora.harness.prompts import RESPONSE_SPLIT, eval_prompt
 
 

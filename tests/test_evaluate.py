@@ -11,6 +11,7 @@ from hyplora.cli import eval as eval_cli
 from hyplora.cli import main
 from hyplora.errors import InputError
 from hyplora.harness import evaluation as ev
+from hyplora.harness import generation
 from hyplora.harness.base_models import tiny_model
 from hyplora.harness.data import load_test_set
 from hyplora.harness.evaluation import (
@@ -18,15 +19,13 @@ from hyplora.harness.evaluation import (
     answer_format,
     evaluate,
     extract_answer,
-    generate_batched,
-    generate_beam,
-    generate_greedy,
     is_correct,
     read_items,
     response_text,
     robust_response,
     write_atomic,
 )
+from hyplora.harness.generation import generate_batched, generate_beam, generate_greedy
 from hyplora.harness.prompts import eval_prompt
 
 
@@ -214,7 +213,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(arch):
             ].tolist()
             for p in prompts
         ]
-    assert [ev._until_eos(r, {eos}) for r in reference] == single
+    assert [generation._until_eos(r, {eos}) for r in reference] == single
 
 
 def test_batched_beam_search_equals_one_prompt_at_a_time():
@@ -279,8 +278,8 @@ def test_reports_and_reuse_of_finished_items(tiny_llama, smollm2_tokenizer, tmp_
     def no_generation(*args, **kwargs):
         raise AssertionError("a finished item was generated again")
 
-    monkeypatch.setattr(ev, "generate_beam", no_generation)
-    monkeypatch.setattr(ev, "generate_greedy", no_generation)
+    monkeypatch.setattr(generation, "generate_beam", no_generation)
+    monkeypatch.setattr(generation, "generate_greedy", no_generation)
     again = evaluate(tiny_llama, smollm2_tokenizer, ["svamp", "boolq"], **kwargs)
     assert again["datasets"]["svamp"]["generated"] == 0 and again["datasets"]["svamp"]["reused"] == 3
     assert read_items(tmp_path / "svamp.jsonl") == svamp
@@ -307,7 +306,7 @@ def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_
             outputs.append(tokenizer(text)["input_ids"] + [tokenizer.eos_token_id])
         return outputs
 
-    monkeypatch.setattr(ev, "generate_greedy", known_outputs)
+    monkeypatch.setattr(generation, "generate_greedy", known_outputs)
     summary = evaluate(
         tiny_llama,
         tokenizer,
@@ -329,7 +328,7 @@ def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_
 
 
 def test_an_interrupted_run_keeps_finished_batches(tiny_llama, smollm2_tokenizer, tmp_path, monkeypatch):
-    real, calls = ev.generate_greedy, []
+    real, calls = generation.generate_greedy, []
 
     def fail_on_second_batch(*args, **kwargs):
         calls.append(1)
@@ -337,7 +336,7 @@ def test_an_interrupted_run_keeps_finished_batches(tiny_llama, smollm2_tokenizer
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "generate_greedy", fail_on_second_batch)
+    monkeypatch.setattr(generation, "generate_greedy", fail_on_second_batch)
     kwargs = dict(limit=4, batch_size=2, mode="robust", output_dir=tmp_path, max_new_tokens=2, progress=False)
     with pytest.raises(KeyboardInterrupt):
         evaluate(tiny_llama, smollm2_tokenizer, ["mawps"], **kwargs)
