@@ -6,6 +6,10 @@ the frequencies :math:`f` of the distinct tokens, modelled for :math:`f \ge x_{m
 :math:`x_{min}` minimising the Kolmogorov-Smirnov distance between data and fit. Log-likelihood
 ratios :math:`R` compare the power law with a lognormal and an exponential on the same tail:
 :math:`R > 0` favours the power law, and :math:`p` says whether the sign of :math:`R` is significant.
+A comparison is only made when the alternative's own maximum-likelihood fit succeeded. On token
+counts the lognormal fit often does not: its optimiser runs off towards :math:`\mu \to -\infty`,
+:math:`\sigma \to \infty` (on GSM8K under SmolLM2's tokenizer it stops at :math:`\mu \approx -953`), the
+limit in which the lognormal density :math:`x^{-1+\mu/\sigma^2} e^{-(\ln x)^2/2\sigma^2}` becomes a power law.
 
 On a rank-frequency plot the fitted tail is the curve :math:`r(f) = n_{tail}\,\zeta(\alpha, f)/\zeta(\alpha, x_{min})`
 (rank = number of tokens at least as frequent), close to the line :math:`f \propto r^{-1/(\alpha-1)}`.
@@ -17,6 +21,7 @@ References:
         distributions", PLoS ONE 9, 2014.
 """
 
+import math
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -27,18 +32,28 @@ from scipy.special import zeta
 
 from hyplora.errors import InputError
 
+# The start of the warning `powerlaw` raises when a distribution's optimiser did not converge or
+# left the parameter range (its `noise_flag` also covers fits merely near a range edge, which are valid).
+_FIT_FAILED_WARNING = "No valid fits found for distribution"
+
 
 @dataclass(frozen=True)
 class LikelihoodRatio:
     """Log-likelihood ratio test of the power law against an alternative (Vuong's test, as in [1]).
 
     Attributes:
+        status: ``"fitted"``, or ``"did not fit"`` when the alternative's maximum-likelihood fit failed
+            (`powerlaw` warned that it found no valid fit, or a parameter is not finite); there is
+            then no comparison and ``R`` and ``p`` are None.
         R: sum of pointwise log-likelihood differences (power law minus alternative).
         p: two-sided significance of the sign of ``R``.
+        parameters: the alternative's fitted parameters (e.g. ``mu``, ``sigma``), also when it did not fit.
     """
 
-    R: float
-    p: float
+    status: str
+    R: float | None
+    p: float | None
+    parameters: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -52,8 +67,8 @@ class PowerLawFit:
         ks_distance: Kolmogorov-Smirnov distance between the tail and the fit.
         n_tail: distinct tokens with frequency >= ``xmin``.
         n_types: distinct tokens in the data.
-        vs_lognormal: test against a lognormal tail.
-        vs_exponential: test against an exponential tail.
+        vs_lognormal: test against a lognormal tail (its ``status`` says whether the lognormal fitted).
+        vs_exponential: test against an exponential tail (likewise).
         warnings: what `powerlaw` warned about during the fit.
     """
 
@@ -107,15 +122,14 @@ def fit_power_law(frequencies: Iterable[int]) -> PowerLawFit:
     data = np.asarray([f for f in frequencies if f > 0], dtype=float)
     if np.unique(data).size < 2:
         raise InputError(f"power-law fit: needs at least two distinct token frequencies, got {np.unique(data).size}")
+    messages: set[str] = set()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = powerlaw.Fit(data, discrete=True, verbose=False)
-        tests = {
-            name: LikelihoodRatio(*map(float, fit.distribution_compare("power_law", name)))
-            for name in ("lognormal", "exponential")
-        }
         # powerlaw 2.0 renamed `sigma` to `standard_err` (the old name warns)
         sigma = fit.power_law.standard_err if hasattr(fit.power_law, "standard_err") else fit.power_law.sigma
+    messages.update(str(w.message) for w in caught)
+    tests = {name: _compare(fit, name, messages) for name in ("lognormal", "exponential")}
     return PowerLawFit(
         alpha=float(fit.power_law.alpha),
         sigma=float(sigma),
@@ -125,8 +139,26 @@ def fit_power_law(frequencies: Iterable[int]) -> PowerLawFit:
         n_types=int(data.size),
         vs_lognormal=tests["lognormal"],
         vs_exponential=tests["exponential"],
-        warnings=tuple(sorted({str(w.message) for w in caught})),
+        warnings=tuple(sorted(messages)),
     )
+
+
+def _compare(fit, name: str, messages: set[str]) -> LikelihoodRatio:
+    """Fit the alternative ``name`` (on first access, as `powerlaw` does) and test the power law against it.
+
+    Its warnings are added to ``messages``.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        alternative = getattr(fit, name)
+        parameters = {key: float(value) for key, value in alternative.parameters.items()}
+        failed = any(str(w.message).startswith(_FIT_FAILED_WARNING) for w in caught)
+        if failed or not all(map(math.isfinite, parameters.values())):
+            result = LikelihoodRatio("did not fit", None, None, parameters)
+        else:
+            result = LikelihoodRatio("fitted", *map(float, fit.distribution_compare("power_law", name)), parameters)
+    messages.update(str(w.message) for w in caught)
+    return result
 
 
 def rank_frequency(frequencies: Iterable[int]) -> np.ndarray:

@@ -107,7 +107,9 @@ def _power_law_section(datasets: dict) -> list[str]:
         "## 1. Token frequencies and the power law",
         "",
         f"Discrete power-law fit (`powerlaw`, xmin by the KS distance). Paper: α ≈ {PAPER_POWER_LAW_ALPHA}. "
-        "R > 0 favours the power law over the alternative; p is the significance of the sign of R.",
+        "R > 0 favours the power law over the alternative; p is the significance of the sign of R. "
+        "'alternative did not fit': `powerlaw`'s maximum-likelihood fit of the alternative failed, so there is no "
+        "comparison (a lognormal that fails runs off to μ → −∞, its power-law limit; its parameters are in `analysis.json`).",
         "",
         "| dataset | records | tokens | types | α ± σ | xmin | tail types | KS D | R, p vs lognormal | R, p vs exponential |",
         "|---|---:|---:|---:|---|---:|---:|---:|---|---|",
@@ -204,4 +206,4 @@ def _delta_section(summary: dict) -> list[str]:
 
 
 def _ratio(test: dict) -> str:
-    return f"{test['R']:.1f}, {test['p']:.2g}"
+    return "alternative did not fit" if test["status"] != "fitted" else f"{test['R']:.1f}, {test['p']:.2g}"
