@@ -16,6 +16,7 @@ from hyplora.geometry.delta_protocols import CONTROLS, per_prompt_delta, top_tok
 from hyplora.geometry.embeddings import check_hidden_layer, hidden_state_norms, input_embedding_layer, token_norms
 from hyplora.geometry.frequency import PowerLawFit, count_tokens, fit_power_law, record_text
 from hyplora.geometry.norms import DEFAULT_GROUPS, binned_by_frequency, group_statistics, spearman_with_ci
+from hyplora.geometry.null import null_dimensions, per_prompt_null
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def run_analysis(
             "spearman_ci": "95% Fisher z interval with Fieller's variance 1.06/(n-3)",
             "delta": "HGCN protocol: Gromov products at base point 0, exact (max, min) product; relative = 2δ/diam",
             "controls": list(CONTROLS),
+            "delta_null": "iid N(0, I_d) clouds with each prompt's point count, relative δ at base point 0, seeded repeats",
         },
         "missing": {key: spec.note for key, spec in PAPER_DATASETS.items() if spec.source is None and key not in keys},
         "datasets": {},
@@ -103,6 +105,9 @@ def run_analysis(
         counts = _dataset_counts(dataset, tokenizer, options.include_answers)
         pooled.update(counts)
         entry, arrays, power_law = _analyse_dataset(model, tokenizer, dataset, counts, options)
+        entry["delta_null"] = per_prompt_null(
+            entry["delta_per_prompt"]["num_points"], null_dimensions(embedding.embedding_dim), seed=options.seed
+        )
         summary["datasets"][dataset.key], result.token_arrays[dataset.key], result.power_laws[dataset.key] = (
             entry,
             arrays,

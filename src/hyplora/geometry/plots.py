@@ -134,7 +134,12 @@ def plot_groups(groups: Sequence[dict], path: Path) -> Path:
 
 
 def plot_delta(
-    per_prompt: Mapping[str, dict], top_n: Mapping[str, dict], path: Path, *, reference=(0.06, 0.12)
+    per_prompt: Mapping[str, dict],
+    top_n: Mapping[str, dict],
+    path: Path,
+    *,
+    reference=(0.06, 0.12),
+    null: Mapping[str, dict] | None = None,
 ) -> Path:
     """Per-prompt relative δ (box plots) and top-N relative δ (diamonds) of embeddings and controls, per dataset.
 
@@ -143,6 +148,8 @@ def plot_delta(
         top_n: label -> :func:`~hyplora.geometry.delta_protocols.top_tokens_delta` result.
         path: the PNG to write.
         reference: the paper's reported range of relative δ, drawn as a band.
+        null: label -> :func:`~hyplora.geometry.null.per_prompt_null` result, its mean per dimension drawn as a
+            dashed line across the dataset's boxes.
     """
     labels = list(per_prompt)
     clouds = list(_CLOUD_COLOURS)
@@ -169,6 +176,10 @@ def plot_delta(
             markeredgecolor="black",
             label=f"{cloud}: per prompt (box), top-N (◆)",
         )
+    for d, style in zip(next(iter(null.values())) if null else (), ("--", "-.", ":", (0, (1, 4)))):
+        for i, label in enumerate(labels):
+            ax.hlines(null[label][d]["mean"], i - 0.4, i + 0.4, colors="dimgray", linestyles=style, lw=1.2)
+        ax.plot([], [], color="dimgray", ls=style, label=f"iid Gaussian null per prompt, d = {d}")
     ax.set_xticks(np.arange(len(labels)), [textwrap.fill(label, 16) for label in labels], fontsize=8)
     ax.set_ylabel("relative δ = 2δ / diam")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)

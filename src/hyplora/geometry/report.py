@@ -5,6 +5,7 @@ from pathlib import Path
 
 from hyplora.geometry import plots
 from hyplora.geometry.datasets import PAPER_DATASETS
+from hyplora.geometry.null import PAPER_DIMENSIONS
 from hyplora.geometry.pipeline import AnalysisResult
 
 # The paper's reported values (reference notes, section 6; third-party, not verified against the paper).
@@ -55,6 +56,7 @@ def _write_figures(result: AnalysisResult, out: Path) -> list[Path]:
             {labels[k]: e["delta_top_n"] for k, e in datasets.items()},
             out / FIGURES["delta"],
             reference=PAPER_RELATIVE_DELTA,
+            null={labels[k]: e["delta_null"] for k, e in datasets.items()},
         ),
     ]
     if result.summary["settings"]["hidden_layer"] is not None:
@@ -98,6 +100,7 @@ def render_markdown(summary: dict, figures: list[str]) -> str:
     if notes:
         lines += ["Datasets that differ from the paper's:", "", *notes, ""]
     lines += _power_law_section(datasets) + _norm_section(summary) + _groups_section(summary) + _delta_section(summary)
+    lines += _null_section(summary)
     lines += ["## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
     return "\n".join(lines)
 
@@ -203,6 +206,44 @@ def _delta_section(summary: dict) -> list[str]:
             + " |"
         )
     return lines + [""]
+
+
+def _null_section(summary: dict) -> list[str]:
+    datasets, dim, paper_dim = summary["datasets"], summary["embedding_dim"], PAPER_DIMENSIONS[-1]
+    nulls = {key: e["delta_null"] for key, e in datasets.items()}
+    dims = list(next(iter(nulls.values())))
+    repeats = next(iter(nulls.values()))[dims[0]]["repeats"]
+    lines = [
+        "### Against structureless points: the δ null",
+        "",
+        "Relative δ at base point 0 of iid Gaussian clouds N(0, I_d), one per prompt with that prompt's number of "
+        f"points: mean ± std over prompts, in brackets the range of the means of {repeats} seeded repeats. The value "
+        "does not depend on the Gaussian's mean or scale; it falls with the dimension d as distances concentrate.",
+        "",
+        f"| dataset | embeddings (d = {dim}) | " + " | ".join(f"null, d = {d}" for d in dims) + " |",
+        "|---|---|" + "---|" * len(dims),
+    ]
+    for key, e in datasets.items():
+        own = e["delta_per_prompt"]["embeddings"]
+        cells = [
+            f"{n['mean']:.3f} ± {n['std']:.3f} [{min(n['repeat_means']):.3f}-{max(n['repeat_means']):.3f}]"
+            for n in nulls[key].values()
+        ]
+        lines.append(f"| {e['label']} | {own['mean']:.3f} ± {own['std']:.3f} | " + " | ".join(cells) + " |")
+    own_ratio = [datasets[k]["delta_per_prompt"]["embeddings"]["mean"] / nulls[k][str(dim)]["mean"] for k in nulls]
+    at_paper = [n[str(paper_dim)]["mean"] for n in nulls.values()]
+    lo, hi = PAPER_RELATIVE_DELTA
+    lines += [
+        "",
+        f"At the model's dimension (d = {dim}) these embeddings' per-prompt δ is {min(own_ratio):.1f}-{max(own_ratio):.1f} "
+        f"times the null. At d = {paper_dim}, the dimension of the paper's LLaMA models, structureless clouds of these "
+        f"sizes already give {min(at_paper):.3f}-{max(at_paper):.3f}, so the paper's {lo}-{hi} is "
+        f"{lo / max(at_paper):.1f}-{hi / min(at_paper):.1f} times its null (concentration of distances alone gives "
+        f"{min(at_paper) / hi:.0%}-{max(at_paper) / lo:.0%} of it). Relative δ values compare across models only against "
+        "the null at the same dimension and point count (the point counts here come from this model's tokenizer, not LLaMA's).",
+        "",
+    ]
+    return lines
 
 
 def _ratio(test: dict) -> str:
