@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyplora.errors import InputError
+from hyplora.geometry import hyperbolicity
 from hyplora.geometry.delta_protocols import gaussian_control, shuffled_control
 from hyplora.geometry.hyperbolicity import (
     delta_hyperbolicity,
+    exact_delta_work,
     gromov_products,
     pairwise_distances,
     sampled_delta_hyperbolicity,
@@ -101,6 +103,81 @@ def test_exact_delta_is_the_four_point_delta(points):
     assert 0.0 <= result.relative_delta <= 1.0 + 1e-12
 
 
+def every_base_point_delta(d: np.ndarray) -> float:
+    """The O(n^4) form: the base-point δ maximised over every base point, by NumPy broadcasting."""
+    best = 0.0
+    for w in range(len(d)):
+        p = gromov_products(torch.as_tensor(d), w).numpy()
+        best = max(best, float(np.max(np.max(np.minimum(p[:, :, None], p[None, :, :]), axis=1) - p)))
+    return best
+
+
+@pytest.fixture(params=[0.0, 1.0], ids=["dense", "pruned"])
+def dense_fraction(request, monkeypatch):
+    """Run the exact sweep with every base point dense (0.0) or every base point on gathered pairs (1.0)."""
+    monkeypatch.setattr(hyperbolicity, "_DENSE_FRACTION", request.param)
+
+
+@settings(max_examples=40, deadline=None)
+@given(points=points_strategy, data=st.data())
+def test_exact_sweep_over_later_points_equals_every_base_point(points, data):
+    x = np.array(points)
+    d = pairwise_distances(x).numpy()
+    if d.max() == 0:
+        return
+    fraction = data.draw(st.sampled_from([0.0, 0.2, 1.0]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hyperbolicity, "_DENSE_FRACTION", fraction)
+        result = delta_hyperbolicity(d, precomputed=True, exact=True, dtype=torch.float64)
+        result32 = delta_hyperbolicity(d, precomputed=True, exact=True)
+    reference = every_base_point_delta(d)
+    assert result.delta == pytest.approx(reference, abs=1e-12 * d.max())
+    assert result.delta_upper == result.delta and result.base_points_done == len(d) - 3
+    assert 0 < result.work <= exact_delta_work(len(d)) + len(d) ** 3
+    assert result32.delta == pytest.approx(reference, abs=1e-6 * d.max())
+
+
+@pytest.mark.parametrize(("n", "dim"), [(40, 2), (90, 8), (70, 300)])
+def test_exact_sweep_on_larger_clouds(n, dim, dense_fraction):
+    d = pairwise_distances(np.random.default_rng(n).normal(size=(n, dim))).numpy()
+    result = delta_hyperbolicity(d, precomputed=True, exact=True, dtype=torch.float64)
+    assert result.method == "exact"
+    assert result.delta == pytest.approx(every_base_point_delta(d), abs=1e-12 * d.max())
+
+
+def test_exact_sweep_on_cycles_and_trees(dense_fraction):
+    for n in (12, 16, 21):
+        assert delta_hyperbolicity(cycle_distances(n), precomputed=True, exact=True).delta == cycle_delta(n)
+    d = random_tree_distances(40, np.random.default_rng(0))
+    assert delta_hyperbolicity(d, precomputed=True, exact=True, dtype=torch.float64).delta <= 1e-12 * d.max()
+
+
+def test_exact_delta_work_counts_the_restricted_sweep():
+    assert exact_delta_work(4) == 4 * 4 * 5 // 2
+    assert exact_delta_work(1000) == pytest.approx(1000**4 / 8, rel=0.01)
+
+
+@pytest.mark.parametrize("budget", [{"work_budget": 1}, {"work_budget": 20_000}, {"time_budget_s": 1e-9}])
+def test_budget_returns_a_certified_bracket(budget, dense_fraction):
+    x = np.random.default_rng(5).normal(size=(60, 6))
+    exact = delta_hyperbolicity(x, exact=True, dtype=torch.float64)
+    base0 = delta_hyperbolicity(x, dtype=torch.float64)
+    bracket = delta_hyperbolicity(x, exact=True, dtype=torch.float64, **budget)
+    assert bracket.method == "bracket" and bracket.base_points_done < 57
+    assert bracket.delta <= exact.delta + 1e-12 <= bracket.delta_upper + 2e-12
+    assert bracket.delta_upper <= bracket.diameter / 2 and bracket.relative_delta <= bracket.relative_delta_upper
+    if bracket.base_points_done >= 1:  # base point 0 (all points) is done: δ_0 <= lower end, upper end 2 δ_0
+        assert bracket.delta >= base0.delta - 1e-12
+        assert bracket.delta_upper == pytest.approx(min(2 * base0.delta, bracket.diameter / 2), abs=1e-12)
+
+
+def test_exact_delta_equals_hypdelta_exhaustive_mode():
+    hypdelta = pytest.importorskip("hypdelta.naive", reason="optional benchmark dependency hypdelta (needs numba)")
+    d = pairwise_distances(np.random.default_rng(2).normal(size=(40, 16))).numpy()
+    ours = delta_hyperbolicity(d, precomputed=True, exact=True, dtype=torch.float64)
+    assert ours.relative_delta == pytest.approx(hypdelta.delta_naive_cpu(d), rel=1e-12)
+
+
 def test_numpy_broadcast_reference_on_120_points():
     x = np.random.default_rng(3).normal(size=(120, 16))
     d = pairwise_distances(x)
@@ -181,6 +258,8 @@ def test_accepts_torch_half_precision_points():
         (np.ones((5, 3)), {}, "diameter 0"),
         (np.arange(5.0), {}, "2-D"),
         (np.eye(5), {"base_point": 5}, "out of range"),
+        (np.eye(5), {"exact": True, "time_budget_s": 0}, "time_budget_s=0"),
+        (np.eye(5), {"exact": True, "work_budget": -1}, "work_budget=-1"),
     ],
 )
 def test_bad_input_raises_one_line_input_error(x, kwargs, message):
