@@ -299,3 +299,30 @@ def test_shuffled_control_permutes_each_coordinate():
     assert torch.equal(control.sort(dim=0).values, points.sort(dim=0).values)
     assert not torch.equal(control, points)
     assert torch.equal(control, shuffled_control(points, seed=1))
+
+
+def test_top_tokens_delta_reports_exact_delta_beside_base_point(tiny_llama):
+    from collections import Counter
+
+    from hyplora.geometry.delta_protocols import top_tokens_delta
+    from hyplora.geometry.embeddings import token_embeddings
+    from hyplora.geometry.report import _exact_delta_lines
+
+    counts = Counter({token: 100 - token for token in range(60)})
+    result = top_tokens_delta(tiny_llama, counts, top_n=40)
+    points = token_embeddings(tiny_llama, list(range(40)))
+    for cloud in ("embeddings", "gaussian", "shuffled"):
+        exact, base = result[cloud]["exact"], result[cloud]["relative_delta"]
+        assert exact["method"] == "exact" and exact["relative_delta"] == exact["relative_delta_upper"]
+        assert base - 1e-6 <= exact["relative_delta"] <= 2 * base + 1e-6
+        assert 0 < exact["work"] <= exact_delta_work(40) + 40**3
+    assert result["embeddings"]["exact"]["relative_delta"] == pytest.approx(
+        delta_hyperbolicity(points, exact=True).relative_delta
+    )
+    budgeted = top_tokens_delta(tiny_llama, counts, top_n=40, exact_budget_s=1e-9)
+    assert budgeted["embeddings"]["exact"]["method"] == "bracket"
+    lines = _exact_delta_lines(
+        {"d": {"label": "toy", "delta_top_n": result}, "b": {"label": "b", "delta_top_n": budgeted}}
+    )
+    assert f"{result['embeddings']['exact']['relative_delta']:.3f}" in lines[4]
+    assert "of 37 base points" in lines[5]

@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-n", type=int, default=1000, help="most frequent tokens in the top-N δ cloud (default: 1000)"
     )
     parser.add_argument(
+        "--exact-delta-budget",
+        type=float,
+        default=120.0,
+        help="seconds per top-N cloud for its exact δ; past it a certified bracket is reported; 0 = no limit "
+        "(default: 120)",
+    )
+    parser.add_argument(
         "--hidden-layer",
         type=int,
         default=None,
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_limit=args.prompt_limit or None,
         max_prompt_tokens=args.max_prompt_tokens,
         top_n=args.top_n,
+        exact_budget_s=args.exact_delta_budget or None,
         hidden_layer=args.hidden_layer,
         groups=load_groups(args.groups) if args.groups else None,
         multi_token=args.multi_token,

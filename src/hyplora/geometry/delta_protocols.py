@@ -6,13 +6,15 @@
     are kept once: a repeated point adds no new distance and only zero-δ quadruples, so δ and
     the diameter are unchanged.
 (b) Top N: the input embeddings of the N most frequent tokens of a dataset, base point = the
-    most frequent token.
+    most frequent token; beside it the exact (four-point) δ, or within a time budget its certified
+    bracket.
 
 Controls, computed on every cloud with the same number of points, give the number a reference:
 ``gaussian`` draws from a Gaussian with the cloud's mean and covariance; ``shuffled`` permutes
 each coordinate independently across the points (same marginals, joint structure destroyed).
 """
 
+import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -47,10 +49,14 @@ def shuffled_control(points: torch.Tensor, *, seed: int) -> torch.Tensor:
 CONTROLS = {"gaussian": gaussian_control, "shuffled": shuffled_control}
 
 
+def control_clouds(points: torch.Tensor, *, seed: int) -> dict[str, torch.Tensor]:
+    """``{"embeddings": points}`` and each control of it (seeded with ``seed``)."""
+    return {"embeddings": points} | {name: control(points, seed=seed) for name, control in CONTROLS.items()}
+
+
 def cloud_delta(points: torch.Tensor, *, seed: int) -> dict[str, Hyperbolicity]:
     """δ at base point 0 of ``points`` and of each control (seeded with ``seed``)."""
-    clouds = {"embeddings": points} | {name: control(points, seed=seed) for name, control in CONTROLS.items()}
-    return {name: delta_hyperbolicity(cloud) for name, cloud in clouds.items()}
+    return {name: delta_hyperbolicity(cloud) for name, cloud in control_clouds(points, seed=seed).items()}
 
 
 def per_prompt_delta(model, tokenizer, texts: Iterable[str], *, max_tokens: int = 1500, seed: int = 0) -> dict:
@@ -83,13 +89,20 @@ def per_prompt_delta(model, tokenizer, texts: Iterable[str], *, max_tokens: int 
     return {"num_points": num_points, "skipped": skipped, **summary}
 
 
-def top_tokens_delta(model, counts: Mapping[int, int], *, top_n: int = 1000, seed: int = 0) -> dict:
+def top_tokens_delta(
+    model, counts: Mapping[int, int], *, top_n: int = 1000, seed: int = 0, exact_budget_s: float | None = 120.0
+) -> dict:
     """Protocol (b): δ of the input embeddings of the ``top_n`` most frequent tokens, and of the controls.
 
-    Ties in frequency are broken by token id, so the selection is deterministic.
+    Ties in frequency are broken by token id, so the selection is deterministic. Each cloud gets δ at
+    base point 0 and the exact δ (:func:`~hyplora.geometry.hyperbolicity.delta_hyperbolicity` with
+    ``exact=True``), stopped after ``exact_budget_s`` seconds per cloud (None: no limit) at the bracket
+    it reached.
 
     Returns:
-        ``{"num_points": n, "<cloud>": {"delta": δ, "diameter": D, "relative_delta": 2δ/D}}``.
+        ``{"num_points": n, "<cloud>": {"delta": δ, "diameter": D, "relative_delta": 2δ/D, "exact": {"method":
+        "exact" | "bracket", "relative_delta": lower end, "relative_delta_upper": upper end, "work": steps,
+        "base_points_done": k, "seconds": s}}}``.
 
     Raises:
         InputError: fewer than 4 distinct tokens.
@@ -97,11 +110,22 @@ def top_tokens_delta(model, counts: Mapping[int, int], *, top_n: int = 1000, see
     ranked = sorted(counts, key=lambda token: (-counts[token], token))[:top_n]
     if len(ranked) < 4:
         raise InputError(f"top-N δ: needs at least 4 distinct tokens, the data has {len(ranked)}")
-    results = cloud_delta(token_embeddings(model, ranked), seed=seed)
-    return {
-        "num_points": len(ranked),
-        **{
-            name: dict(delta=r.delta, diameter=r.diameter, relative_delta=r.relative_delta)
-            for name, r in results.items()
-        },
-    }
+    summary: dict = {"num_points": len(ranked)}
+    for name, cloud in control_clouds(token_embeddings(model, ranked), seed=seed).items():
+        base = delta_hyperbolicity(cloud)
+        start = time.perf_counter()
+        exact = delta_hyperbolicity(cloud, exact=True, time_budget_s=exact_budget_s, progress=len(ranked) >= 500)
+        summary[name] = dict(
+            delta=base.delta,
+            diameter=base.diameter,
+            relative_delta=base.relative_delta,
+            exact=dict(
+                method=exact.method,
+                relative_delta=exact.relative_delta,
+                relative_delta_upper=exact.relative_delta_upper,
+                work=exact.work,
+                base_points_done=exact.base_points_done,
+                seconds=round(time.perf_counter() - start, 3),
+            ),
+        )
+    return summary

@@ -28,6 +28,7 @@ class AnalysisOptions:
         prompt_limit: prompts per dataset for the per-prompt δ (and hidden-state norms); None = all.
         max_prompt_tokens: tokens kept per prompt.
         top_n: tokens in the top-N δ cloud.
+        exact_budget_s: seconds per top-N cloud for its exact δ (a certified bracket if it runs out); None = no limit.
         hidden_layer: also measure the hidden-state norm after this many blocks; None = skip.
         groups: word groups, general first; None = the paper's default groups.
         multi_token: ``"mean"`` or ``"first"``: how a word split into several tokens is measured.
@@ -39,6 +40,7 @@ class AnalysisOptions:
     prompt_limit: int | None = 100
     max_prompt_tokens: int = 1500
     top_n: int = 1000
+    exact_budget_s: float | None = 120.0
     hidden_layer: int | None = None
     groups: dict[str, list[str]] | None = None
     multi_token: str = "mean"
@@ -93,6 +95,8 @@ def run_analysis(
             "groups": options.groups or DEFAULT_GROUPS,
             "spearman_ci": "95% Fisher z interval with Fieller's variance 1.06/(n-3)",
             "delta": "HGCN protocol: Gromov products at base point 0, exact (max, min) product; relative = 2δ/diam",
+            "delta_exact": "top-N clouds: the four-point δ (max over base points w of δ_w on the points after w), "
+            "or the certified bracket [running max, 2 δ_0] when exact_budget_s runs out",
             "controls": list(CONTROLS),
             "delta_null": "iid N(0, I_d) clouds with each prompt's point count, relative δ at base point 0, seeded repeats",
         },
@@ -163,7 +167,9 @@ def _analyse_dataset(model, tokenizer, dataset: AnalysisDataset, counts: Counter
             max_tokens=options.max_prompt_tokens,
             seed=options.seed,
         ),
-        "delta_top_n": top_tokens_delta(model, counts, top_n=options.top_n, seed=options.seed),
+        "delta_top_n": top_tokens_delta(
+            model, counts, top_n=options.top_n, seed=options.seed, exact_budget_s=options.exact_budget_s
+        ),
     }
     if options.hidden_layer is not None:
         hidden = hidden_state_norms(
