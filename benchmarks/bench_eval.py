@@ -39,7 +39,8 @@ from transformers.utils import logging as hf_logging
 
 from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_test_set
-from hyplora.harness.evaluation import evaluate, extract_answer, read_items
+from hyplora.harness.evaluation import EvalOptions, evaluate, read_items
+from hyplora.harness.extraction import extract_answer
 from hyplora.harness.generation import generate_greedy
 from hyplora.harness.prompts import RESPONSE_SPLIT, eval_prompt
 
@@ -138,18 +139,17 @@ def hyplora_evaluation(model, tokenizer, items: int, batch_size: int, max_new_to
     """`hyplora.harness.evaluation.evaluate` in paper mode with greedy decoding, into a fresh folder (nothing reused)."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        evaluate(
-            model,
-            tokenizer,
+        options = EvalOptions(
             ["svamp"],
+            folder,
             limit=items,
             batch_size=batch_size,
             mode="paper",
             num_beams=1,
             max_new_tokens=max_new_tokens,
-            output_dir=folder,
             progress=False,
         )
+        evaluate(model, tokenizer, options)
         seconds = time.perf_counter() - start
         return read_items(Path(folder) / "svamp.jsonl"), seconds
 

@@ -1,21 +1,25 @@
-"""The main job: SmolLM2-135M-Instruct before and after HypLoRA fine-tuning, on SVAMP and MAWPS.
+"""The main job in one run: SmolLM2-135M-Instruct's embedding geometry, then HypLoRA fine-tuning, evaluated before and after.
 
     python examples/demo.py                # `make demo`; HypLoRA only
     python examples/demo.py --with-lora    # LoRA beside it: same data, rank, alpha and schedule
 
-1. load the packaged SmolLM2-135M-Instruct (the first run converts its GGUF and caches it);
-2. evaluate it on fixed slices of SVAMP and MAWPS (robust answer extraction, greedy decoding);
+1. geometry (`hyplora analyze` on one dataset): the power law of SVAMP's token frequencies, and the
+   Gromov δ of its prompts' input embeddings beside the Gaussian and shuffled controls and the null
+   of structureless points at the model's dimension and at the paper's 4096;
+2. evaluate the base model on fixed slices of SVAMP and MAWPS (robust answer extraction, greedy);
 3. fine-tune it with HypLoRA on a slice of the `math` training mixture (test overlaps removed);
-4. reload the base, attach the saved adapter from disk, evaluate again;
-5. write report.md and report.json to --output-dir and print the table.
+4. attach the saved adapter from disk and evaluate again: accuracy with 95% Wilson intervals, the
+   change with a 95% paired-bootstrap interval over the same items, the loss curve as a PNG;
+5. where HypLoRA stands against LoRA in the committed CPU study (docs/results.md), and what a run
+   of this size can resolve.
 
-It calls the functions behind `hyplora train` and `hyplora eval` (`hyplora.harness.training.train`,
-`hyplora.harness.evaluation.evaluate`, `hyplora.harness.base_models.load_model`, `hyplora.load_adapter`), so what it
-shows is what the CLI does. The default sizes fit 15 minutes on 2 CPU cores (see the README).
+It calls the functions behind `hyplora analyze`, `hyplora train` and `hyplora eval`, so what it shows
+is what the CLI does. Writes report.md, report.json, loss_curve.png and geometry/ to --output-dir.
 """
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -23,6 +27,10 @@ from pathlib import Path
 
 MODEL = "smollm2-135m"
 EVAL_SETS = ("svamp", "mawps")
+GEOMETRY_SET = "svamp"
+# The CPU study's learning rates, chosen per method on validation loss at this budget (docs/results.md).
+LEARNING_RATES = {"hyplora": 3e-3, "lora": 1e-3}
+STUDY_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--eval-limit", type=int, default=30, help="first N problems of each test set (default: %(default)s)"
     )
+    parser.add_argument(
+        "--geometry-prompts", type=int, default=50, help="prompts in the per-prompt δ (default: %(default)s)"
+    )
     parser.add_argument("--eval-batch-size", type=int, default=32, help="default: %(default)s")
     parser.add_argument(
         "--max-new-tokens", type=int, default=160, help="generation budget per problem (default: %(default)s)"
@@ -44,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train_args(args: argparse.Namespace, method: str):
-    """The paper's recipe (rank 32, alpha 64, dropout 0.05, micro-batch 4, lr 3e-4), one short epoch."""
+    """Rank 32, alpha 64, dropout 0.05 (the paper's), the study's learning rate, one short epoch."""
     from hyplora.harness.training import TrainArgs
 
     return TrainArgs(
@@ -54,6 +65,7 @@ def train_args(args: argparse.Namespace, method: str):
         output_dir=str(args.output_dir / method),
         limit=args.train_examples,
         epochs=1,
+        lr=LEARNING_RATES[method],
         batch_size=8,  # the paper's 16 would leave too few steps in a few minutes
         warmup_steps=3,
         val_size=16,
@@ -63,68 +75,149 @@ def train_args(args: argparse.Namespace, method: str):
     )
 
 
-def evaluate_on_slices(args: argparse.Namespace, label: str, adapter_dir: Path | None = None) -> dict:
-    """Load the base (and the adapter from disk) and evaluate it as `hyplora eval` would."""
-    from hyplora import load_adapter
-    from hyplora.harness.base_models import load_model
-    from hyplora.harness.evaluation import evaluate
+def geometry(model, tokenizer, args: argparse.Namespace) -> dict:
+    """`hyplora analyze --datasets svamp` (no hidden states): its summary entry, with the report in geometry/."""
+    from hyplora.geometry.datasets import load_analysis_dataset
+    from hyplora.geometry.pipeline import AnalysisOptions, run_analysis
+    from hyplora.geometry.report import write_report
 
-    model, tokenizer = load_model(MODEL)
-    if adapter_dir is not None:
-        model = load_adapter(model, adapter_dir)
-    return evaluate(
-        model,
-        tokenizer,
+    options = AnalysisOptions(prompt_limit=args.geometry_prompts, top_n=500)
+    result = run_analysis(model, tokenizer, [load_analysis_dataset(GEOMETRY_SET)], options, model_name=MODEL)
+    write_report(result, args.output_dir / "geometry")
+    return result.summary | {"dataset": result.summary["datasets"][GEOMETRY_SET]}
+
+
+def geometry_lines(summary: dict) -> list[str]:
+    """What the geometry step found, in a few sentences."""
+    from hyplora.geometry.report import PAPER_POWER_LAW_ALPHA, PAPER_RELATIVE_DELTA
+
+    entry, dim = summary["dataset"], summary["embedding_dim"]
+    fit, delta, null = entry["power_law"], entry["delta_per_prompt"], entry["delta_null"]
+    tests = ", ".join(
+        f"vs {name}: " + ("did not fit" if t["status"] != "fitted" else f"R = {t['R']:.1f}, p = {t['p']:.2g}")
+        for name, t in (("lognormal", fit["vs_lognormal"]), ("exponential", fit["vs_exponential"]))
+    )
+    clouds = ", ".join(f"{c} {delta[c]['mean']:.3f} ± {delta[c]['std']:.3f}" for c in ("gaussian", "shuffled"))
+    nulls = ", ".join(f"d = {d}: {n['mean']:.3f}" for d, n in null.items())
+    lo, hi = PAPER_RELATIVE_DELTA
+    return [
+        f"- Power law of {entry['label']}'s token frequencies: α = {fit['alpha']:.3f} ± {fit['sigma']:.3f} "
+        f"(paper ≈ {PAPER_POWER_LAW_ALPHA}; {tests}).",
+        f"- Relative δ per prompt ({len(delta['num_points'])} prompts, {dim}-d input embeddings): "
+        f"{delta['embeddings']['mean']:.3f} ± {delta['embeddings']['std']:.3f}; controls of the same size: {clouds}.",
+        f"- Null (iid Gaussian clouds of the same point counts): {nulls}. The paper's {lo}-{hi} is for 4096-d "
+        "embeddings: compare it with the null at 4096, not with these numbers.",
+    ]
+
+
+def evaluate_on_slices(model, tokenizer, args: argparse.Namespace, label: str) -> dict:
+    """Evaluate as `hyplora eval --mode robust` would; returns the summary plus each set's per-item correctness."""
+    from hyplora.harness.evaluation import EvalOptions, evaluate, read_items
+
+    options = EvalOptions(
         list(EVAL_SETS),
+        args.output_dir / f"eval-{label}",
         limit=args.eval_limit,
         batch_size=args.eval_batch_size,
         mode="robust",
-        output_dir=args.output_dir / f"eval-{label}",
         max_new_tokens=args.max_new_tokens,
         num_beams=1,
     )
+    summary = evaluate(model, tokenizer, options)
+    correct = {
+        name: [bool(item["correct"]) for item in read_items(Path(options.output_dir) / f"{name}.jsonl")]
+        for name in summary["datasets"]
+    }
+    return {"summary": summary, "correct": correct}
 
 
-def accuracy(summary: dict, dataset: str) -> float:
-    """Accuracy in percent of one dataset in an `evaluate` summary."""
-    return 100 * summary["datasets"][dataset]["accuracy"]
+def wilson(correct: list[bool]) -> tuple[float, float, float]:
+    """Accuracy and its 95% Wilson score interval, in %."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(sum(correct), len(correct)).proportion_ci(0.95, method="wilson")
+    return 100 * sum(correct) / len(correct), 100 * ci.low, 100 * ci.high
 
 
-def report_rows(results: dict) -> list[dict]:
-    rows = []
-    for label, result in results.items():
-        row = {"model": label, **{name: accuracy(result["summary"], name) for name in EVAL_SETS}}
-        row["mean"] = sum(row[name] for name in EVAL_SETS) / len(EVAL_SETS)
-        row.update({key: result.get(key) for key in ("val_loss", "train_s", "trainable_params")})
-        rows.append(row)
-    return rows
+def paired_change(after: list[bool], before: list[bool]) -> tuple[float, float, float]:
+    """Mean of after - before over the same items, in points, with a 95% percentile bootstrap interval (10,000 resamples)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    if np.all(diff == diff[0]):  # no spread to resample: the interval is the point
+        return 100 * diff[0], 100 * diff[0], 100 * diff[0]
+    ci = bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", random_state=0).confidence_interval
+    return 100 * diff.mean(), 100 * ci.low, 100 * ci.high
 
 
-def markdown_table(rows: list[dict], n_items: int) -> str:
+def pooled(result: dict) -> list[bool]:
+    return [c for name in EVAL_SETS for c in result["correct"][name]]
+
+
+def accuracy_table(results: dict, n_items: int) -> str:
     header = [
         "model",
         *(f"{name.upper()} (n={n_items})" for name in EVAL_SETS),
-        "mean",
-        "val loss",
-        "train s",
-        "trainable params",
+        f"pooled (n={len(EVAL_SETS) * n_items})",
     ]
+    header += ["change vs base (points)", "val loss", "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["model"], *(f"{row[name]:.1f}" for name in EVAL_SETS), f"{row['mean']:.1f}"]
+    base = pooled(results["base"])
+    for label, result in results.items():
+        cells = [label]
+        for correct in [result["correct"][name] for name in EVAL_SETS] + [pooled(result)]:
+            cells.append("{:.1f} [{:.1f}, {:.1f}]".format(*wilson(correct)))
+        cells.append(
+            "—" if label == "base" else "{:+.1f} [{:+.1f}, {:+.1f}]".format(*paired_change(pooled(result), base))
+        )
         cells += [
-            "-" if row[key] is None else f"{row[key]:{fmt}}"
-            for key, fmt in (("val_loss", ".3f"), ("train_s", ".0f"), ("trainable_params", ","))
+            "—" if result.get(k) is None else f"{result[k]:{fmt}}"
+            for k, fmt in (("val_loss", ".4f"), ("train_s", ".0f"))
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def study_lines(path: Path = STUDY_RESULTS) -> list[str]:
+    """The CPU study's HypLoRA-vs-LoRA findings, quoted from the committed docs/results.md."""
+    if not path.is_file():
+        return [f"- {path} is not here: the committed CPU study results are missing."]
+    bullets = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("- ")]
+    wanted = [b for b in bullets if b.startswith(("- Final validation loss", "- Math, HypLoRA vs LoRA"))]
+    if not wanted:
+        return [f"- {path.name} has no 'Final validation loss' / 'Math, HypLoRA vs LoRA' lines: read it directly."]
+    return [f"{line} (docs/results.md)" for line in wanted]
+
+
+def resolution_lines(results: dict, method: str, study: list[str]) -> list[str]:
+    """How large a difference this run and the study can tell from noise (the half-width of a 95% interval)."""
+    _, low, high = paired_change(pooled(results[method]), pooled(results["base"]))
+    _, acc_low, acc_high = wilson(pooled(results[method]))
+    n = len(pooled(results[method]))
+    lines = [
+        f"- This run: {n} items, so one item is {100 / n:.1f} points; the {method} accuracy's 95% interval is "
+        f"{acc_high - acc_low:.1f} points wide and the change against the base ±{(high - low) / 2:.1f} points: "
+        "only changes larger than that are more than noise."
+    ]
+    for line in study:
+        match = re.search(r"over (\d+) items.*?\[([-+]?\d+\.?\d*), ([-+]?\d+\.?\d*)\]", line)
+        if match:
+            items, low, high = int(match[1]), float(match[2]), float(match[3])
+            lines.append(
+                f"- The study's paired HypLoRA - LoRA interval over {items} items is ±{(high - low) / 2:.1f} points "
+                "(docs/results.md): accuracy differences smaller than that are not resolved even there."
+            )
+    return lines
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from hyplora.harness.training import train
+    from hyplora import load_adapter
+    from hyplora.harness.base_models import load_model
+    from hyplora.harness.training import LOSS_PLOT_FILE, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,66 +230,85 @@ def main(argv=None) -> int:
     def stage(name: str):
         print(f"\n== {name}  [{time.perf_counter() - start:.0f} s]", flush=True)
 
-    stage(
-        f"1. {MODEL}: load (first run: convert the GGUF) and evaluate on {', '.join(EVAL_SETS)}, first {args.eval_limit} each"
-    )
+    stage(f"1. {MODEL}: load (first run: convert the GGUF); geometry of its input embeddings on {GEOMETRY_SET}")
     tick = time.perf_counter()
-    results["base"] = {"summary": evaluate_on_slices(args, "base")}
+    model, tokenizer = load_model(MODEL)
+    geo = geometry_lines(geometry(model, tokenizer, args))
+    timings["geometry"] = time.perf_counter() - tick
+    print("\n".join(geo))
+
+    stage(f"2. evaluate the base model on {', '.join(EVAL_SETS)}, first {args.eval_limit} each")
+    tick = time.perf_counter()
+    results["base"] = evaluate_on_slices(model, tokenizer, args, "base")
     timings["eval base"] = time.perf_counter() - tick
+    del model
 
     for method in methods:
         options = train_args(args, method)
         stage(
-            f"2. fine-tune with {method}: {options.limit} examples of the math mixture, r={options.rank}, alpha={options.alpha:g}"
+            f"3. fine-tune with {method}: {options.limit} examples of the math mixture, r={options.rank}, "
+            f"alpha={options.alpha:g}, lr {options.lr:g}"
         )
         tick = time.perf_counter()
         adapter_dir = train(options)
         timings[f"train {method}"] = train_s = time.perf_counter() - tick
         record = json.loads((adapter_dir / "train_args.json").read_text())
+        shutil.copyfile(adapter_dir / LOSS_PLOT_FILE, args.output_dir / f"loss_curve_{method}.png")
 
-        stage(f"3. evaluate base + {method} adapter loaded from {adapter_dir}")
+        stage(f"4. evaluate base + {method} adapter loaded from {adapter_dir}")
         tick = time.perf_counter()
-        results[method] = {
-            "summary": evaluate_on_slices(args, method, adapter_dir),
-            "val_loss": record["result"]["val_loss"],
-            "train_s": train_s,
-            "trainable_params": record["run"]["trainable_params"],
-            "adapter": str(adapter_dir),
-        }
+        model, tokenizer = load_model(MODEL)
+        results[method] = evaluate_on_slices(load_adapter(model, adapter_dir), tokenizer, args, method)
+        results[method] |= {"val_loss": record["result"]["val_loss"], "train_s": train_s, "adapter": str(adapter_dir)}
         timings[f"eval {method}"] = time.perf_counter() - tick
+        del model
 
-    rows = report_rows(results)
-    table = markdown_table(rows, args.eval_limit)
+    table = accuracy_table(results, args.eval_limit)
+    study = study_lines()
+    resolution = resolution_lines(results, "hyplora", study)
     total = time.perf_counter() - start
     settings = train_args(args, "hyplora").to_json()
     report = {
         "model": MODEL,
-        "eval": {
-            "datasets": list(EVAL_SETS),
-            "limit": args.eval_limit,
-            "mode": "robust",
-            "decoding": "greedy",
-            "max_new_tokens": args.max_new_tokens,
+        "geometry": {"dataset": GEOMETRY_SET, "report": str(args.output_dir / "geometry" / "report.md")},
+        "eval": {"datasets": list(EVAL_SETS), "limit": args.eval_limit, "mode": "robust", "decoding": "greedy"},
+        "train": {key: value for key, value in settings.items() if key not in ("method", "output_dir", "lr")},
+        "lr": {method: LEARNING_RATES[method] for method in methods},
+        "rows": {
+            label: {
+                "accuracy_wilson95": {name: wilson(r["correct"][name]) for name in EVAL_SETS}
+                | {"pooled": wilson(pooled(r))},
+                "change_vs_base_bootstrap95": None
+                if label == "base"
+                else paired_change(pooled(r), pooled(results["base"])),
+                **{key: r.get(key) for key in ("val_loss", "train_s", "adapter")},
+            }
+            for label, r in results.items()
         },
-        "train": {key: value for key, value in settings.items() if key not in ("method", "output_dir")},
-        "rows": rows,
         "timings_s": {key: round(value, 1) for key, value in timings.items()},
         "total_s": round(total, 1),
         "torch_threads": torch.get_num_threads(),
     }
     (args.output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.output_dir / "report.md").write_text(
-        f"# hyplora demo: {MODEL}, before and after fine-tuning\n\n{table}\n\n"
-        f"Accuracy in % on the first {args.eval_limit} problems of each test set (robust extraction, greedy, "
-        f"{args.max_new_tokens} new tokens). Training: {settings['limit']} examples of the `math` mixture, 1 epoch, "
-        f"batch {settings['batch_size']}, lr {settings['lr']:g}, r={settings['rank']}, alpha={settings['alpha']:g} for every method. "
-        f"With {args.eval_limit} problems per set, one problem is {100 / args.eval_limit:.1f} points: small differences are noise.\n\n"
-        f"Total {total:.0f} s on {torch.get_num_threads()} torch threads; stages: "
+        f"# hyplora demo: {MODEL}\n\n## 1. Geometry of the input embeddings ({GEOMETRY_SET})\n\n"
+        + "\n".join(geo)
+        + "\n\nFull report: [geometry/report.md](geometry/report.md).\n\n## 2. Before and after fine-tuning\n\n"
+        f"{table}\n\n"
+        f"Accuracy in % with 95% Wilson intervals on the first {args.eval_limit} problems of each test set (robust "
+        f"extraction, greedy, {args.max_new_tokens} new tokens); the change is the paired difference on the same "
+        "items with a 95% bootstrap interval. Training: "
+        f"{settings['limit']} examples of the `math` mixture, 1 epoch, batch {settings['batch_size']}, "
+        f"r={settings['rank']}, alpha={settings['alpha']:g}. Loss curves: "
+        + ", ".join(f"[loss_curve_{m}.png](loss_curve_{m}.png)" for m in methods)
+        + ".\n\n## 3. Against LoRA, and what a run this size resolves\n\n"
+        + "\n".join(study + resolution)
+        + f"\n\nTotal {total:.0f} s on {torch.get_num_threads()} torch threads; stages: "
         + ", ".join(f"{key} {value:.0f} s" for key, value in timings.items())
         + ".\n"
     )
     stage(f"done in {total:.0f} s; report in {args.output_dir / 'report.md'}")
-    print(table)
+    print(table, "", *study, *resolution, sep="\n")
     return 0
 
 

@@ -1,32 +1,24 @@
 """Evaluation: answer extraction in both modes, batched generation, reports, reuse on re-run, the CLI, bad input."""
 
 import copy
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
-from hyplora.cli import eval as eval_cli
-from hyplora.cli import main
+from hyplora.cli import build_parser, main
 from hyplora.errors import InputError
+from hyplora.files import write_atomic
 from hyplora.harness import evaluation as ev
 from hyplora.harness import generation
 from hyplora.harness.base_models import tiny_model
-from hyplora.harness.data import load_test_set
-from hyplora.harness.evaluation import (
-    AnswerFormat,
-    answer_format,
-    evaluate,
-    extract_answer,
-    is_correct,
-    read_items,
-    response_text,
-    robust_response,
-    write_atomic,
-)
+from hyplora.harness.data import AnswerFormat, answer_format, load_test_set, load_train_set
+from hyplora.harness.evaluation import EvalOptions, evaluate, file_label, read_items
+from hyplora.harness.extraction import MODES, extract_answer, is_correct, response_text, robust_response
 from hyplora.harness.generation import generate_batched, generate_beam, generate_greedy
-from hyplora.harness.prompts import eval_prompt
+from hyplora.harness.prompts import TEMPLATES, eval_prompt
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +28,11 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_eval(model, tokenizer, datasets, *, run_info=None, **options) -> dict:
+    """`evaluate` with the options given as keywords."""
+    return evaluate(model, tokenizer, EvalOptions(datasets, **options), run_info=run_info)
 
 
 def one_line_error(call, *args, **kwargs) -> str:
@@ -130,8 +127,8 @@ def test_robust_response_drops_an_echoed_response_header(monkeypatch):
     assert robust_response(echoed) == "the correct answer is true"
     assert robust_response("### Response: ###Response: 7\n### Instruction: more") == "7"
     assert ev.extract_answer(echoed.split("### Response:")[0], "boolq", "paper") == ""  # what the paper's split keeps
-    key = {mode: ev.settings_key("f", mode=mode, num_beams=1, max_new_tokens=8) for mode in ev.MODES}
-    monkeypatch.setattr(ev, "ROBUST_CHANGES", ("another response rule", *ev.ROBUST_CHANGES[1:]))
+    key = {mode: ev.settings_key("f", mode=mode, num_beams=1, max_new_tokens=8) for mode in MODES}
+    monkeypatch.setattr(ev, "ROBUST_RULES_VERSION", ev.ROBUST_RULES_VERSION + 1)
     assert ev.settings_key("f", mode="robust", num_beams=1, max_new_tokens=8) != key["robust"]  # cached cuts are stale
     assert ev.settings_key("f", mode="paper", num_beams=1, max_new_tokens=8) == key["paper"]
 
@@ -230,7 +227,7 @@ def test_generation_runs_in_eval_mode_and_restores_training_mode(tiny_llama, smo
     tiny_llama.train()
     modes = []
     tiny_llama.register_forward_hook(lambda module, args, output: modes.append(module.training))
-    evaluate(
+    run_eval(
         tiny_llama,
         smollm2_tokenizer,
         ["svamp"],
@@ -257,7 +254,7 @@ def test_reports_and_reuse_of_finished_items(tiny_llama, smollm2_tokenizer, tmp_
         progress=False,
         run_info={"model": "tiny"},
     )
-    summary = evaluate(tiny_llama, smollm2_tokenizer, ["svamp", "boolq"], **kwargs)
+    summary = run_eval(tiny_llama, smollm2_tokenizer, ["svamp", "boolq"], **kwargs)
     assert set(summary["datasets"]) == {"svamp", "boolq"}
     svamp = read_items(tmp_path / "svamp.jsonl")
     assert [item["index"] for item in svamp] == [0, 1, 2]
@@ -280,11 +277,11 @@ def test_reports_and_reuse_of_finished_items(tiny_llama, smollm2_tokenizer, tmp_
 
     monkeypatch.setattr(generation, "generate_beam", no_generation)
     monkeypatch.setattr(generation, "generate_greedy", no_generation)
-    again = evaluate(tiny_llama, smollm2_tokenizer, ["svamp", "boolq"], **kwargs)
+    again = run_eval(tiny_llama, smollm2_tokenizer, ["svamp", "boolq"], **kwargs)
     assert again["datasets"]["svamp"]["generated"] == 0 and again["datasets"]["svamp"]["reused"] == 3
     assert read_items(tmp_path / "svamp.jsonl") == svamp
     with pytest.raises(AssertionError, match="generated again"):  # other settings: another key
-        evaluate(tiny_llama, smollm2_tokenizer, ["svamp"], **{**kwargs, "max_new_tokens": 4})
+        run_eval(tiny_llama, smollm2_tokenizer, ["svamp"], **{**kwargs, "max_new_tokens": 4})
 
 
 def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_path, monkeypatch):
@@ -307,7 +304,7 @@ def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_
         return outputs
 
     monkeypatch.setattr(generation, "generate_greedy", known_outputs)
-    summary = evaluate(
+    summary = run_eval(
         tiny_llama,
         tokenizer,
         ["svamp", str(yes_no)],
@@ -317,7 +314,7 @@ def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_
         output_dir=tmp_path / "out",
         progress=False,
     )
-    label = ev._file_label(str(yes_no))
+    label = file_label(str(yes_no))
     assert summary["datasets"][label]["domain"] == "commonsense" and summary["datasets"][label]["max_new_tokens"] == 32
     assert [(r["correct"], r["count"]) for r in summary["datasets"].values()] == [(2, 4), (2, 2)]
     assert summary["macro_mean"] == pytest.approx(0.75) and summary["weighted_mean"] == pytest.approx(4 / 6)
@@ -325,6 +322,26 @@ def test_scores_and_means_from_known_outputs(tiny_llama, smollm2_tokenizer, tmp_
     assert [item["correct"] for item in items] == [True, False, True, False]
     assert items[0]["prediction"] == float(items[0]["gold"]) and items[1]["prediction"] is None
     assert "| svamp | 50.0 | 2 | 4 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "answers,domain",
+    [
+        (["yes", "no"], "commonsense"),
+        (["true", "false"], "commonsense"),
+        (["answer1", "answer2"], "commonsense"),
+        (["3", "-1.5"], "math"),
+        (["B", "E"], "math"),
+    ],
+)
+def test_training_and_evaluation_agree_on_a_files_domain(tiny_llama, smollm2_tokenizer, tmp_path, answers, domain):
+    path = tmp_path / "set.json"
+    records = [{"instruction": f"Question {i}?", "output": f"The answer is {a}.", "answer": a} for i, a in enumerate(answers)]
+    path.write_text(json.dumps(records))
+    trained = load_train_set(str(path), against=[]).domains[str(path)]
+    options = dict(output_dir=tmp_path / "out", batch_size=2, mode="robust", max_new_tokens=1, progress=False)
+    evaluated = run_eval(tiny_llama, smollm2_tokenizer, [str(path)], **options)["datasets"][file_label(str(path))]
+    assert trained == evaluated["domain"] == domain
 
 
 def test_an_interrupted_run_keeps_finished_batches(tiny_llama, smollm2_tokenizer, tmp_path, monkeypatch):
@@ -339,9 +356,9 @@ def test_an_interrupted_run_keeps_finished_batches(tiny_llama, smollm2_tokenizer
     monkeypatch.setattr(generation, "generate_greedy", fail_on_second_batch)
     kwargs = dict(limit=4, batch_size=2, mode="robust", output_dir=tmp_path, max_new_tokens=2, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(tiny_llama, smollm2_tokenizer, ["mawps"], **kwargs)
+        run_eval(tiny_llama, smollm2_tokenizer, ["mawps"], **kwargs)
     assert len(read_items(tmp_path / "mawps.jsonl")) == 2
-    summary = evaluate(tiny_llama, smollm2_tokenizer, ["mawps"], **kwargs)
+    summary = run_eval(tiny_llama, smollm2_tokenizer, ["mawps"], **kwargs)
     assert (summary["datasets"]["mawps"]["reused"], summary["datasets"]["mawps"]["generated"]) == (2, 2)
     assert len(calls) == 3
 
@@ -353,7 +370,7 @@ def test_per_level_accuracy_from_records_with_levels(tiny_llama, smollm2_tokeniz
     ]
     path = tmp_path / "levels_test.json"
     path.write_text(json.dumps(records))
-    summary = evaluate(
+    summary = run_eval(
         tiny_llama,
         smollm2_tokenizer,
         [str(path)],
@@ -462,8 +479,15 @@ def test_cli_merge_gives_the_unmerged_dora_outputs(tiny_model_dir, tmp_path):
     assert outputs[True] == outputs[False] and len(outputs[True]) == 3
 
 
-def test_cli_mode_choices_match_the_library():
-    assert eval_cli.MODES == ev.MODES
+def test_cli_options_are_the_eval_options():
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]
+    actions = {action.dest: action for action in eval_parser._actions}
+    assert actions["mode"].choices == MODES and actions["prompt_template"].choices == TEMPLATES
+    for option in dataclasses.fields(EvalOptions):
+        if option.metadata.get("cli", True):
+            assert actions[option.name].help.startswith(option.metadata["help"])
+            assert actions[option.name].required == (option.default is dataclasses.MISSING)
+            assert option.default is dataclasses.MISSING or actions[option.name].default == option.default
 
 
 @pytest.mark.parametrize(
@@ -513,23 +537,23 @@ def test_bad_files_and_options(tiny_llama, smollm2_tokenizer, tmp_path):
     corrupt = tmp_path / "out"
     corrupt.mkdir()
     (corrupt / "svamp.jsonl").write_text('{"index": 0}\n{not json\n')
-    message = one_line_error(evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1, output_dir=corrupt, **run)
+    message = one_line_error(run_eval, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1, output_dir=corrupt, **run)
     assert "svamp.jsonl" in message and "line 1" in message
     (corrupt / "svamp.jsonl").write_text("{not json\n")
     assert "line 1 is not valid JSON" in one_line_error(
-        evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1, output_dir=corrupt, **run
+        run_eval, tiny_llama, smollm2_tokenizer, ["svamp"], limit=1, output_dir=corrupt, **run
     )
     a_file = tmp_path / "file"
     a_file.write_text("")
     assert "not a folder" in one_line_error(
-        evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], output_dir=a_file, **run
+        run_eval, tiny_llama, smollm2_tokenizer, ["svamp"], output_dir=a_file, **run
     )
     assert "unknown mode" in one_line_error(
-        evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], mode="exact", output_dir=tmp_path, **run
+        run_eval, tiny_llama, smollm2_tokenizer, ["svamp"], mode="exact", output_dir=tmp_path, **run
     )
     assert "non-empty list" in one_line_error(
-        evaluate, tiny_llama, smollm2_tokenizer, "svamp", output_dir=tmp_path, **run
+        run_eval, tiny_llama, smollm2_tokenizer, "svamp", output_dir=tmp_path, **run
     )
     assert "num_beams" in one_line_error(
-        evaluate, tiny_llama, smollm2_tokenizer, ["svamp"], num_beams=0, output_dir=tmp_path, **run
+        run_eval, tiny_llama, smollm2_tokenizer, ["svamp"], num_beams=0, output_dir=tmp_path, **run
     )

@@ -16,16 +16,18 @@ saying how to supply them: a JSON / JSONL file in the same schema, or `hf:<datas
 
 import ast
 import json
+import math
 import os
 import random
 import re
-import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from hyplora.errors import InputError
+from hyplora.errors import InputError, first_line
+from hyplora.files import looks_like_path
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "datasets"
 LEVELS_ENV = "HYPLORA_LEVELS_DIR"
@@ -34,22 +36,46 @@ DOMAINS = ("math", "commonsense")
 
 
 @dataclass(frozen=True)
+class AnswerFormat:
+    """How a dataset's answers look: `"number"`, `"letter"` (A-E) or `"label"` (one of `labels`).
+
+    The format decides the domain: label words are `"commonsense"`, numbers and letters `"math"`.
+    """
+
+    kind: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def domain(self) -> str:
+        return "commonsense" if self.kind == "label" else "math"
+
+
+NUMBER, LETTER = AnswerFormat("number"), AnswerFormat("letter")
+_ANSWER_N = AnswerFormat("label", tuple(f"answer{i}" for i in range(1, 6)))
+
+
+@dataclass(frozen=True)
 class TestSet:
     """A registered benchmark test set.
 
     Attributes:
         name: registry name.
-        domain: `"math"` or `"commonsense"`.
         folder: upstream folder name, `<domain>/<folder>/test.json` under `DATA_DIR`.
         size: number of records.
+        answer: the format of its answers (which also gives its domain).
         shipped: whether the file ships with hyplora.
     """
 
     name: str
-    domain: str
     folder: str
     size: int
+    answer: AnswerFormat
     shipped: bool = True
+
+    @property
+    def domain(self) -> str:
+        """`"math"` or `"commonsense"`: `self.answer.domain`."""
+        return self.answer.domain
 
     @property
     def path(self) -> Path:
@@ -59,24 +85,35 @@ class TestSet:
 TEST_SETS = {
     t.name: t
     for t in [
-        TestSet("gsm8k", "math", "gsm8k", 1319),
-        TestSet("svamp", "math", "SVAMP", 1000),
-        TestSet("aqua", "math", "AQuA", 254),
-        TestSet("mawps", "math", "mawps", 238),
-        TestSet("addsub", "math", "AddSub", 395),
-        TestSet("multiarith", "math", "MultiArith", 600),
-        TestSet("singleeq", "math", "SingleEq", 508),
-        TestSet("boolq", "commonsense", "boolq", 3270),
-        TestSet("piqa", "commonsense", "piqa", 1838),
-        TestSet("siqa", "commonsense", "social_i_qa", 1954),
-        TestSet("hellaswag", "commonsense", "hellaswag", 10042, shipped=False),
-        TestSet("winogrande", "commonsense", "winogrande", 1267),
-        TestSet("arc-e", "commonsense", "ARC-Easy", 2376),
-        TestSet("arc-c", "commonsense", "ARC-Challenge", 1172),
-        TestSet("obqa", "commonsense", "openbookqa", 500),
+        TestSet("gsm8k", "gsm8k", 1319, NUMBER),
+        TestSet("svamp", "SVAMP", 1000, NUMBER),
+        TestSet("aqua", "AQuA", 254, LETTER),
+        TestSet("mawps", "mawps", 238, NUMBER),
+        TestSet("addsub", "AddSub", 395, NUMBER),
+        TestSet("multiarith", "MultiArith", 600, NUMBER),
+        TestSet("singleeq", "SingleEq", 508, NUMBER),
+        TestSet("boolq", "boolq", 3270, AnswerFormat("label", ("true", "false"))),
+        TestSet("piqa", "piqa", 1838, AnswerFormat("label", ("solution1", "solution2"))),
+        TestSet("siqa", "social_i_qa", 1954, _ANSWER_N),
+        TestSet(
+            "hellaswag",
+            "hellaswag",
+            10042,
+            AnswerFormat("label", tuple(f"ending{i}" for i in range(1, 5))),
+            shipped=False,
+        ),
+        TestSet("winogrande", "winogrande", 1267, AnswerFormat("label", ("option1", "option2"))),
+        TestSet("arc-e", "ARC-Easy", 2376, _ANSWER_N),
+        TestSet("arc-c", "ARC-Challenge", 1172, _ANSWER_N),
+        TestSet("obqa", "openbookqa", 500, _ANSWER_N),
     ]
 }
-_TEST_ALIASES = {t.folder.lower(): t.name for t in TEST_SETS.values()}
+
+
+def find_test_set(spec: str | os.PathLike) -> TestSet | None:
+    """The registered test set `spec` names (its registry name or upstream folder name, any case), else None."""
+    key = str(spec).lower()
+    return next((t for t in TEST_SETS.values() if key in (t.name, t.folder.lower())), None)
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -262,11 +299,14 @@ NOT_SHIPPED = {
 
 
 def domain(name: str) -> str:
-    """`"math"` or `"commonsense"` for a registered test set, training split or mixture name."""
+    """`"math"` or `"commonsense"` for a registered test set, training split or mixture name.
+
+    A file's domain is `answer_format(spec, records).domain`.
+    """
+    test = find_test_set(name)
+    if test is not None:
+        return test.domain
     key = name.lower()
-    key = _TEST_ALIASES.get(key, key)
-    if key in TEST_SETS:
-        return TEST_SETS[key].domain
     if key in TRAIN_SETS:
         return TRAIN_SETS[key].domain
     if key in MIXTURES:
@@ -403,8 +443,7 @@ def _read_hub(spec: str, default_split: str) -> list[dict]:
     try:
         dataset = datasets.load_dataset(dataset_id, split=split or default_split)
     except Exception as err:  # datasets raises many unrelated types (FileNotFoundError, ValueError, HTTP errors)
-        lines = str(err).strip().splitlines()
-        raise InputError(f"{spec}: cannot load: {lines[0] if lines else type(err).__name__}") from err
+        raise InputError(f"{spec}: cannot load: {first_line(err)}") from err
     return [dict(row) for row in dataset]
 
 
@@ -417,10 +456,6 @@ def _not_shipped(name: str) -> InputError:
 
 def _known_names() -> list[str]:
     return sorted({*TEST_SETS, *TRAIN_SETS, *MIXTURES, *NOT_SHIPPED})
-
-
-def _is_path(name: str) -> bool:
-    return os.sep in name or "/" in name or name.lower().endswith((".json", ".jsonl")) or Path(name).exists()
 
 
 # ----------------------------------------------------------------------------- test sets
@@ -448,15 +483,15 @@ def load_test_set(
     if limit is not None and limit < 0:
         raise InputError(f"limit must be >= 0, got {limit}")
     spec = str(name_or_path)
-    key = _TEST_ALIASES.get(spec.lower(), spec.lower())
-    if key in TEST_SETS:
-        records = _load_registered_test(key)
+    test = find_test_set(spec)
+    if test is not None:
+        records = _load_registered_test(test.name)
         levels_dir = levels_dir if levels_dir is not None else os.environ.get(LEVELS_ENV) or None
         if levels_dir is not None:
-            records = _with_levels(records, TEST_SETS[key], Path(levels_dir))
+            records = _with_levels(records, test, Path(levels_dir))
     elif spec.startswith("hf:"):
         records = _schema_records(_read_hub(spec, "test"), ("instruction", "answer"), spec)
-    elif _is_path(spec):
+    elif looks_like_path(spec):
         records = _schema_records(read_records(spec), ("instruction", "answer"), spec)
     else:
         raise InputError(f"unknown test set {spec!r}: choose one of {', '.join(TEST_SETS)}, or pass a JSON/JSONL file")
@@ -547,6 +582,7 @@ class TrainSet:
         dropped: per source, the number of records removed because they repeat a test question.
         dropped_by_text: per source, how many of those the question-text check found beyond `overlap.txt`.
         kept: per source, the number of records kept (before `limit`).
+        domains: per source, `"math"` or `"commonsense"` (a file's is `answer_format(file, records).domain`).
         notes: licence notes of the sources used.
     """
 
@@ -554,6 +590,7 @@ class TrainSet:
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_by_text: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)
+    domains: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -613,11 +650,12 @@ def load_train_set(
         kept, by_text = _drop_test_questions(records, source_domain, protected, listed)
         result.records.extend(kept)
         result.kept[part] = len(kept)
+        result.domains[part] = source_domain
         result.dropped[part] = len(records) - len(kept)
         result.dropped_by_text[part] = by_text
         if source is not None and source.note and source.note not in result.notes:
             result.notes.append(source.note)
-            print(f"hyplora: note: {source.note}", file=sys.stderr)
+            warnings.warn(source.note, UserWarning, stacklevel=2)
     if len(parts) > 1:
         random.Random(seed).shuffle(result.records)
     if limit is not None:
@@ -626,10 +664,10 @@ def load_train_set(
 
 
 def _test_name(name: str, where: str) -> str:
-    key = _TEST_ALIASES.get(name.lower(), name.lower())
-    if key not in TEST_SETS:
+    test = find_test_set(name)
+    if test is None:
         raise InputError(f"unknown test set {name!r} in {where}: choose among {', '.join(TEST_SETS)}")
-    return key
+    return test.name
 
 
 def _drop_test_questions(records: list[dict], domain: str, protected: set[str], listed: set[int]):
@@ -651,7 +689,7 @@ def _expand_train_spec(spec: str) -> list[str]:
     """`"math,asdiv-a"` -> `["gsm8k-train", "mawps-train", "aqua-dev", "asdiv-a"]`; a file or `hf:` spec stays whole."""
     parts = [p.strip().lower() for p in spec.split(",")]
     known = {*TRAIN_SETS, *MIXTURES, *NOT_SHIPPED}
-    if spec.startswith("hf:") or (_is_path(spec) and not all(p in known for p in parts)):
+    if spec.startswith("hf:") or (looks_like_path(spec) and not all(p in known for p in parts)):
         return [spec]
     expanded = []
     for part in parts:
@@ -677,7 +715,7 @@ def _train_source_records(part: str, domain_name: str | None) -> tuple[TrainSour
         raise _not_shipped(part)
     if part.startswith("hf:"):
         records = _schema_records(_read_hub(part, "train"), ("instruction", "output"), part)
-    elif _is_path(part):
+    elif looks_like_path(part):
         records = _schema_records(read_records(part), ("instruction", "output"), part)
     else:
         raise InputError(
@@ -686,19 +724,56 @@ def _train_source_records(part: str, domain_name: str | None) -> tuple[TrainSour
         )
     if domain_name is not None and domain_name not in DOMAINS:
         raise InputError(f"unknown domain {domain_name!r}: choose math or commonsense")
-    return None, records, domain_name or infer_domain(records)
+    return None, records, domain_name or answer_format(part, records).domain
 
 
-_LABEL_WORD = re.compile(r"(true|false|(answer|solution|option|ending)\d)")
+# ----------------------------------------------------------------------------- answer formats
+_ANSWER_CUE = re.compile(r"answer is\s*:?", re.IGNORECASE)
 
 
-def infer_domain(records: list[dict]) -> str:
-    """`"commonsense"` when every answer (or "the correct answer is X" output) is a label word, else `"math"`."""
+def gold_answer(record: dict, label: str, index: int) -> str:
+    """A record's gold answer: its non-empty `answer` field, else what its `output` states after the last "answer is"
+    (LLM-Adapters' "The answer is 8." and "the correct answer is true"), without a final period."""
+    answer = str(record.get("answer", "")).strip()
+    if answer:
+        return answer
+    cues = list(_ANSWER_CUE.finditer(str(record.get("output", ""))))
+    stated = record["output"][cues[-1].end() :].strip().removesuffix(".").strip() if cues else ""
+    if not stated:
+        raise InputError(
+            f"{label}: record {index} has no 'answer' field and its output states no 'The answer is ...': "
+            "add an 'answer' field so that its answer format (number, letter or label word) can be inferred"
+        )
+    return stated
 
-    def label(record):
-        return record.get("answer") or record.get("output", "").removeprefix("the correct answer is ").strip()
 
-    return "commonsense" if all(_LABEL_WORD.fullmatch(label(r)) for r in records) else "math"
+def answer_format(spec: str | os.PathLike, records: list[dict] = ()) -> AnswerFormat:
+    """The answer format of a registered test set, else the one `records`' gold answers (`gold_answer`) show.
+
+    Numbers (all gold answers parse as finite floats) and single letters A-E are math; anything else
+    is a label-word set made of the distinct answers (commonsense). Training and evaluation both take
+    a file's domain from here (`AnswerFormat.domain`), so they cannot disagree.
+    """
+    test = find_test_set(spec)
+    if test is not None:
+        return test.answer
+    if not records:
+        raise InputError(
+            f"unknown dataset {str(spec)!r}: not a registered test set, and no records to infer its answer format from"
+        )
+    golds = [gold_answer(record, str(spec), index) for index, record in enumerate(records)]
+    if all(_is_number(gold) for gold in golds):
+        return NUMBER
+    if all(re.fullmatch(r"[A-E]", gold) for gold in golds):
+        return LETTER
+    return AnswerFormat("label", tuple(sorted(set(golds), key=lambda label: (-len(label), label))))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def split_validation(records: list[dict], n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:

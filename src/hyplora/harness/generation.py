@@ -218,3 +218,8 @@ def generate_batched(
         if on_batch is not None:
             on_batch(indices, new)
     return outputs
+
+
+def pad_token_id(tokenizer, eos_ids: set[int]) -> int:
+    """The id left padding uses: the tokenizer's pad token, else the smallest EOS id (masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
