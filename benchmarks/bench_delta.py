@@ -12,8 +12,18 @@ Each baseline's δ is checked against the library's (float32 product: within 1e-
 Targets (2 CPU cores): n = 2000 under 5 s, n = 5000 under 60 s. Check `uptime` first: timings are
 only honest on a quiet machine, and the load average is printed with the table.
 
+Exact δ (four-point, every base point), second table, same run: `delta_hyperbolicity(exact=True)`
+(the pruned sweep over later points), its (max, min) steps against the unpruned n^4/8, beside the
+every-base-point form (n base-point products, n^4/2 steps, up to --every-max-n) and, where installed,
+`hypdelta`'s exhaustive mode (`delta_naive_cpu`, an n^3 float64 array per base point, up to
+--numpy-memory-gb; an optional benchmark dependency: `pip install hypdelta numba`), every value
+checked against ours. --largest-in S grows n by 1.25x until the exact sweep no longer finishes in S
+seconds (its time budget) and prints the largest n that did. --points smollm2 uses SmolLM2's input
+embeddings of token ids 100..100+n instead of Gaussian points.
+
     python benchmarks/bench_delta.py                   # the figures in benchmarks/README-delta.md
     python benchmarks/bench_delta.py --sizes 500,1000 --repeats 5
+    python benchmarks/bench_delta.py --sizes 0 --exact-sizes 250,500,1000 --points smollm2 --largest-in 60
 """
 
 import argparse
@@ -25,7 +35,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from hyplora.geometry.hyperbolicity import delta_hyperbolicity, gromov_products, pairwise_distances
+from hyplora.geometry.hyperbolicity import delta_hyperbolicity, exact_delta_work, gromov_products, pairwise_distances
 
 TARGETS_S = {2000: 5.0, 5000: 60.0}
 
@@ -36,6 +46,87 @@ def numpy_broadcast_delta(products: np.ndarray) -> float:
 
 def numpy_rows_delta(products: np.ndarray) -> float:
     return max(float(np.max(np.max(np.minimum(row[:, None], products), axis=0) - row)) for row in products)
+
+
+def every_base_point_delta(distances: torch.Tensor) -> float:
+    """The O(n^4) form: the base-point δ maximised over every base point (n^4/2 steps)."""
+    return max(delta_hyperbolicity(distances, precomputed=True, base_point=w).delta for w in range(len(distances)))
+
+
+def hypdelta_exhaustive():
+    """hypdelta's exhaustive mode (relative δ = 2δ/diam), or None when hypdelta (and numba) are not installed."""
+    try:
+        from hypdelta.naive import delta_naive_cpu
+    except ImportError:
+        return None
+    return delta_naive_cpu
+
+
+def benchmark_points(kind: str, n: int, dim: int) -> np.ndarray:
+    if kind == "gaussian":
+        return np.random.default_rng(n).normal(size=(n, dim)).astype(np.float32)
+    from hyplora.geometry.embeddings import token_embeddings
+    from hyplora.harness.base_models import load_model
+
+    model, _ = load_model("smollm2-135m")
+    return token_embeddings(model, list(range(100, 100 + n))).numpy()
+
+
+def exact_table(args) -> None:
+    hypdelta = hypdelta_exhaustive()
+    print(
+        f"\nexact δ ({args.points} points): ours = pruned sweep over later points (float32 product); "
+        f"every-bp = max over n base points (n^4/2 steps); hypdelta exhaustive: "
+        f"{'installed' if hypdelta else 'not installed (pip install hypdelta numba)'}; median of {args.repeats}"
+    )
+    header = (
+        f"{'n':>6} | {'ours s':>8} | {'steps':>9} | {'of n^4/8':>8} | {'rel δ exact':>11} | {'rel δ bp0':>9} "
+        f"| {'every-bp s':>10} | {'ratio':>6} | {'hypdelta s':>10} | {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in map(int, args.exact_sizes.split(",")):
+        points = benchmark_points(args.points, n, args.dim)
+        distances = pairwise_distances(points)
+        ours_s, ours = median_time(partial(delta_hyperbolicity, distances, precomputed=True, exact=True), args.repeats)
+        base = delta_hyperbolicity(distances, precomputed=True)
+        cells = []
+        for fn, fits in (
+            (partial(every_base_point_delta, distances), n <= args.every_max_n),
+            (
+                partial(lambda d, diameter: hypdelta(d) * diameter / 2, distances.numpy(), ours.diameter),
+                hypdelta and 8 * n**3 <= args.numpy_memory_gb * 2**30,
+            ),
+        ):
+            if not fits:
+                cells.append(f"{'-':>10} | {'-':>6}")
+                continue
+            other_s, other = median_time(fn, 1)
+            if abs(other - ours.delta) > 1e-6 * ours.diameter:
+                raise SystemExit(f"n={n}: a baseline gives δ={other}, the library {ours.delta}")
+            cells.append(f"{other_s:>10.3f} | {other_s / ours_s:>5.1f}x")
+        print(
+            f"{n:>6} | {ours_s:>8.3f} | {ours.work:>9.2e} | {ours.work / exact_delta_work(n):>8.4f} "
+            f"| {ours.relative_delta:>11.4f} | {base.relative_delta:>9.4f} | {cells[0]} | {cells[1]}",
+            flush=True,
+        )
+    if args.largest_in:
+        n, largest = 250, None
+        while True:
+            distances = pairwise_distances(benchmark_points(args.points, n, args.dim))
+            start = time.perf_counter()
+            result = delta_hyperbolicity(distances, precomputed=True, exact=True, time_budget_s=args.largest_in)
+            seconds = time.perf_counter() - start
+            print(
+                f"  n = {n}: {result.method} in {seconds:.1f} s, {result.work:.2e} steps, "
+                f"rel δ in [{result.relative_delta:.4f}, {result.relative_delta_upper:.4f}], "
+                f"{result.base_points_done} of {n - 3} base points",
+                flush=True,
+            )
+            if result.method != "exact":
+                break
+            largest, n = n, int(n * 1.25)
+        print(f"largest n with exact δ in {args.largest_in:g} s: {largest}")
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
@@ -55,6 +146,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--numpy-memory-gb", type=float, default=2.0)
     parser.add_argument("--rows-max-n", type=int, default=2000)
+    parser.add_argument("--exact-sizes", default="100,250,500,1000", help="n of the exact-δ table; 0 = skip it")
+    parser.add_argument("--every-max-n", type=int, default=250, help="largest n for the every-base-point form")
+    parser.add_argument("--points", choices=("gaussian", "smollm2"), default="gaussian", help="exact-δ table clouds")
+    parser.add_argument("--largest-in", type=float, default=0.0, help="find the largest n with exact δ in S seconds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -64,7 +159,7 @@ def main() -> None:
     header = f"{'n':>6} | {'hyplora s':>9} | {'numpy broadcast s':>17} | {'ratio':>6} | {'numpy rows s':>12} | {'ratio':>6} | target"
     print(header)
     print("-" * len(header))
-    for n in map(int, args.sizes.split(",")):
+    for n in [n for n in map(int, args.sizes.split(",")) if n]:
         points = np.random.default_rng(n).normal(size=(n, args.dim)).astype(np.float32)
         delta_hyperbolicity(points[: min(n, 200)])  # warm-up
         ours_s, ours = median_time(partial(delta_hyperbolicity, points), args.repeats)
@@ -85,6 +180,8 @@ def main() -> None:
         target = TARGETS_S.get(n)
         verdict = f"< {target:g} s: {'pass' if ours_s < target else 'FAIL'}" if target else ""
         print(f"{n:>6} | {ours_s:>9.3f} | {cells[0]} | {cells[1]} | {verdict}", flush=True)
+    if args.exact_sizes != "0":
+        exact_table(args)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
