@@ -10,6 +10,7 @@ VERBS = {
     "train": ("hyplora.cli.train", "fine-tune a model with HypLoRA, LoRA or DoRA"),
     "eval": ("hyplora.cli.eval", "evaluate a model (and adapter) on the reasoning benchmarks"),
     "analyze": ("hyplora.cli.analyze", "token-embedding geometry: power law, norms, delta-hyperbolicity"),
+    "lm-eval": ("hyplora.cli.lm_eval", "run lm-evaluation-harness with HypLoRA adapters and the hyplora tasks"),
 }
 
 
