@@ -1,16 +1,20 @@
 """PEFT's extension points for a non-linear LoRA variant, installed once when `hyplora` is imported.
 
 - injection: every HypLoRA adapter PEFT injects is checked to really run HypLoRA (:func:`check_hyplora_layers`);
-- `add_weighted_adapter`: refused for HypLoRA adapters (PEFT's "linear" mode would silently sum them).
+- `add_weighted_adapter`: refused for HypLoRA adapters (PEFT's "linear" mode would silently sum them);
+- loading: the saved `peft_type` `HYPLORA` (`HypLoraConfig.to_dict`) maps to `HypLoraConfig` in PEFT's config
+  registry, which every stock loader (`PeftModel.from_pretrained`, `AutoPeftModel*`, transformers' `load_adapter`
+  and `from_pretrained` on an adapter folder) consults. Without this entry they fail on the unknown type.
 Other adapters are unaffected.
 """
 
 import functools
 
+from peft import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.tuners.lora import LoraLayer, LoraModel
 from torch import nn
 
-from hyplora.adapter.config import HypLoraConfig
+from hyplora.adapter.config import SAVED_PEFT_TYPE, HypLoraConfig
 from hyplora.adapter.layer import HypLoraLinearVariant
 
 
@@ -68,7 +72,8 @@ def _check_after_injection(post_injection_hook):
 
 
 def install_peft_hooks() -> None:
-    """Wrap two `LoraModel` methods, once per process (the module docstring says which and why)."""
+    """Register the saved type and wrap two `LoraModel` methods, once per process (the module docstring says why)."""
+    PEFT_TYPE_TO_CONFIG_MAPPING[SAVED_PEFT_TYPE] = HypLoraConfig
     if getattr(LoraModel.add_weighted_adapter, "_hyplora_guard", False):
         return
     LoraModel.add_weighted_adapter = _refuse_weighted_hyplora(LoraModel.add_weighted_adapter)

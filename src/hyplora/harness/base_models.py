@@ -25,10 +25,10 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -38,7 +38,10 @@ from urllib.parse import urlparse
 
 import torch
 
-from hyplora.errors import InputError
+from hyplora.errors import InputError, first_line
+from hyplora.files import looks_like_path
+
+logger = logging.getLogger(__name__)
 
 _CONVERT_LOCK_TIMEOUT_S = 1800  # another process converting Gemma 3 takes ~1-2 min on 2 cores
 _HUB_PROBE_TIMEOUT_S = 3.0
@@ -107,7 +110,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    folder = _local_folder(name_or_path)
+    folder = model_folder(name_or_path)
     kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
     if folder is not None:
         model = _checked_load(AutoModelForCausalLM.from_pretrained, str(folder), str(folder), **kwargs)
@@ -125,7 +128,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
     """
     from transformers import AutoTokenizer
 
-    folder = _local_folder(name_or_path)
+    folder = model_folder(name_or_path)
     if folder is not None:
         tokenizer = _checked_load(
             AutoTokenizer.from_pretrained, str(folder), str(folder), trust_remote_code=trust_remote_code
@@ -181,9 +184,13 @@ def tiny_model(arch: str = "llama", vocab_size: int = 49152, *, seed: int = 0, *
     return model.eval()
 
 
-def _local_folder(name_or_path) -> Path | None:
-    """The folder to load from: a cached conversion for packaged names and GGUF files, the folder
-    itself for a local folder, `None` for a hub id."""
+def model_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The local folder `load_model` reads: for a packaged name or a GGUF file its safetensors copy in the
+    cache (converted on first use), a local folder itself, `None` for a Hugging Face id.
+
+    Raises:
+        InputError: a GGUF file or path that does not exist, or a file that is not a GGUF.
+    """
     name = str(name_or_path)
     if name in PACKAGED_MODELS:
         return _cached_conversion(
@@ -200,7 +207,7 @@ def _local_folder(name_or_path) -> Path | None:
         return path
     if path.exists():
         raise InputError(f"{path}: not a model folder or .gguf file")
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+    if looks_like_path(name):
         raise InputError(f"{name}: no such model folder or file")
     return None
 
@@ -249,7 +256,7 @@ def _convert_gguf(gguf: Path, out: Path, *, source: str) -> None:
     """Dequantize a GGUF with transformers and save model (fp32 safetensors) and tokenizer to `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"hyplora: converting {gguf.name} to safetensors (once; cached in {out.parent.parent})", file=sys.stderr)
+    logger.info("converting %s to safetensors (once; cached in %s)", gguf.name, out.parent.parent)
     start = time.perf_counter()
     kwargs = {"gguf_file": gguf.name}
     tokenizer = _checked_load(AutoTokenizer.from_pretrained, str(gguf), str(gguf.parent), **kwargs)
@@ -263,7 +270,7 @@ def _convert_gguf(gguf: Path, out: Path, *, source: str) -> None:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / _SOURCE_FILE).write_text(json.dumps({"gguf": gguf.name, "source": source}, indent=2) + "\n")
-    print(f"hyplora: converted {gguf.name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    logger.info("converted %s in %.1f s", gguf.name, time.perf_counter() - start)
 
 
 def _checked_load(loader, label: str, *args, **kwargs):
@@ -272,7 +279,7 @@ def _checked_load(loader, label: str, *args, **kwargs):
         with _hub_offline():
             return loader(*args, **kwargs)
     except (OSError, ValueError) as err:
-        raise InputError(f"{label}: cannot load: {_first_line(err)}") from err
+        raise InputError(f"{label}: cannot load: {first_line(err)}") from err
 
 
 def _load_from_hub(loader, model_id: str, **kwargs):
@@ -286,10 +293,10 @@ def _load_from_hub(loader, model_id: str, **kwargs):
         try:
             return loader(model_id, **kwargs)
         except (OSError, ValueError) as err:
-            raise InputError(f"{model_id}: cannot load from the Hugging Face hub: {_first_line(err)}") from err
+            raise InputError(f"{model_id}: cannot load from the Hugging Face hub: {first_line(err)}") from err
     raise InputError(
         f"{model_id}: not a packaged name ({', '.join(PACKAGED_MODELS)}), local folder or .gguf file, "
-        f"not in the local Hugging Face cache, and the hub is unreachable ({_first_line(cached_error)})"
+        f"not in the local Hugging Face cache, and the hub is unreachable ({first_line(cached_error)})"
     )
 
 
@@ -326,8 +333,3 @@ def hub_reachable() -> bool:
     thread.start()
     thread.join(2 * _HUB_PROBE_TIMEOUT_S)
     return bool(reachable)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
