@@ -2,16 +2,24 @@
 
 import dataclasses
 import json
+import re
+import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from hyplora.errors import InputError
 from hyplora.harness import base_models as models
-from hyplora.harness.base_models import PACKAGED_MODELS, cache_dir, load_model, load_tokenizer, tiny_model
+from hyplora.harness.base_models import (
+    PACKAGED_MODELS,
+    cache_dir,
+    load_model,
+    load_tokenizer,
+    model_folder,
+    tiny_model,
+)
 
 
 @pytest.mark.parametrize("arch, cls_name", [("llama", "LlamaForCausalLM"), ("gemma", "Gemma3ForCausalLM")])
@@ -101,36 +109,37 @@ def _fake_conversion(calls, delay=0.0, fail=False):
 
 
 def test_concurrent_conversions_convert_once_and_publish_atomically(monkeypatch, tmp_path):
-    monkeypatch.setenv("HYPLORA_CACHE", str(tmp_path))
+    monkeypatch.setenv("HYPLORA_CACHE", str(tmp_path / "cache"))
     calls = []
     monkeypatch.setattr(models, "_convert_gguf", _fake_conversion(calls, delay=0.5))
-    stale = tmp_path / "models" / ".demo.tmp-killed"
-    stale.mkdir(parents=True)
+    gguf = tmp_path / "demo.gguf"
+    gguf.write_bytes(b"GGUF")
+    folder = model_folder(gguf)  # learn the cache entry's name, then remove it and leave a killed conversion
+    shutil.rmtree(folder)
+    stale = folder.parent / f".{folder.name}.tmp-killed"
+    stale.mkdir()
+    calls.clear()
     results = []
-    threads = [
-        threading.Thread(
-            target=lambda: results.append(
-                models._cached_conversion("demo", lambda workdir: Path("demo.gguf"), source="test")
-            )
-        )
-        for _ in range(2)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(model_folder(gguf))) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert len(calls) == 1
-    assert results == [tmp_path / "models" / "demo"] * 2
+    assert results == [folder] * 2 and folder.parent == cache_dir() / "models"
     assert (results[0] / "hyplora_source.json").is_file()
-    assert not list((tmp_path / "models").glob(".demo.tmp-*"))  # the stale temp folder is gone too
+    assert not list(folder.parent.glob(f".{folder.name}.tmp-*"))  # the stale temp folder is gone too
 
 
 def test_a_failed_conversion_leaves_no_cache_entry(monkeypatch, tmp_path):
-    monkeypatch.setenv("HYPLORA_CACHE", str(tmp_path))
+    monkeypatch.setenv("HYPLORA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "_convert_gguf", _fake_conversion([], fail=True))
+    gguf = tmp_path / "broken.gguf"
+    gguf.write_bytes(b"GGUF")
     with pytest.raises(RuntimeError, match="conversion died"):
-        models._cached_conversion("broken", lambda workdir: Path("x.gguf"), source="test")
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".broken.lock"]
+        model_folder(gguf)
+    (entry,) = (cache_dir() / "models").iterdir()
+    assert re.fullmatch(r"\.broken-[0-9a-f]{12}\.lock", entry.name)  # the lock file only
 
 
 def test_gguf_paths_are_cached_by_path_size_and_mtime(monkeypatch, tmp_path):
@@ -139,11 +148,11 @@ def test_gguf_paths_are_cached_by_path_size_and_mtime(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "_convert_gguf", _fake_conversion(calls))
     gguf = tmp_path / "My-Model.Q4.gguf"
     gguf.write_bytes(b"GGUF")
-    first = models._local_folder(gguf)
-    assert models._local_folder(str(gguf)) == first and len(calls) == 1
+    first = model_folder(gguf)
+    assert model_folder(str(gguf)) == first and len(calls) == 1
     assert first.parent == cache_dir() / "models" and first.name.startswith("My-Model.Q4-")
     gguf.write_bytes(b"GGUF, edited")
-    assert models._local_folder(gguf) != first and len(calls) == 2
+    assert model_folder(gguf) != first and len(calls) == 2
 
 
 def test_local_folder_round_trip(tmp_path, tiny_llama, smollm2_tokenizer):
