@@ -1,4 +1,7 @@
-"""The CPU study's statistics, its skip/resume bookkeeping on fake run folders, and the report writer."""
+"""The CPU study: statistics, the grid and its runner's skip-if-done, the tables' numbers on the committed results.
+
+The end-to-end check (real `hyplora train` / `hyplora eval` on a tiny model) is marked `study`: `pytest -m study`.
+"""
 
 import json
 import math
@@ -11,12 +14,12 @@ import pytest
 STUDY_DIR = Path(__file__).resolve().parents[1] / "examples" / "cpu_study"
 sys.path.insert(0, str(STUDY_DIR))
 
-import analyze  # noqa: E402
+import grid  # noqa: E402
 import input_norms  # noqa: E402
-import run_study  # noqa: E402
+import run  # noqa: E402
 import stats  # noqa: E402
-import study  # noqa: E402
-from study import DESIGN, EvalJob, TrainJob  # noqa: E402
+import tables  # noqa: E402
+from grid import GRID, MATH, Best, Eval, Train  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -90,265 +93,157 @@ def test_paired_bootstrap_no_difference_is_not_significant():
     assert (diff.low < 0 < diff.high) == (diff.p_value > 0.05)
 
 
-# ----------------------------------------------------------------------------- fake run folders
-def fake_train(folder: Path, *, finished=True, checkpoint_step=None, complete_checkpoint=True, val_loss=2.0):
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {"args": {"lr": 1e-3}, "run": {"train_examples": 8}}
-    if finished:
-        record["result"] = {"train_loss": 2.5, "val_loss": val_loss, "steps": 2, "runtime_s": 1.0}
-        (folder / "adapter_model.safetensors").write_bytes(b"")
-    (folder / "train_args.json").write_text(json.dumps(record))
-    (folder / "loss_log.jsonl").write_text(
-        "\n".join(
-            json.dumps(e)
-            for e in [{"loss": 2.6, "step": 1}, {"eval_loss": 2.4, "step": 1}, {"eval_loss": val_loss, "step": 2}]
-        )
+# ----------------------------------------------------------------------------- grid
+def test_the_grid_expands_to_the_committed_runs():
+    jobs, pending = grid.expand(GRID)
+    committed = {p.stem for kind in ("runs", "evals") for p in (grid.RESULTS_DIR / kind).glob("*.json")}
+    assert not pending and {job.name for job in jobs} == committed
+    assert sum(isinstance(job, Train) for job in jobs) == 28 and sum(isinstance(job, Eval) for job in jobs) == 27
+    chosen = {job.method: job.lr for job in jobs if isinstance(job, Train) and job.stage == "seeds"}
+    assert chosen == {"lora": 1e-3, "hyplora": 3e-3, "dora": 1e-3}
+    assert all(run.state(job, grid.RESULTS_DIR) == "done" for job in jobs)
+
+
+def summary(results: Path, job, **fields):
+    path = run.summary_path(job, results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields))
+
+
+def test_best_rate_waits_for_every_rate_of_its_stage(tmp_path):
+    lines = [Train("lr", "lora", lr) for lr in (1e-3, 3e-3)] + [Train("seeds", "lora", Best("lr"), seed=1)]
+    summary(tmp_path, lines[0], result={"val_loss": 1.2})
+    jobs, pending = grid.expand(lines, tmp_path)
+    assert [job.name for job in jobs] == ["math-lora-lr1e-3-s0", "math-lora-lr3e-3-s0"] and pending == lines[2:]
+    summary(tmp_path, lines[1], result={"val_loss": 1.1})
+    assert grid.expand(lines, tmp_path)[0][-1].name == "math-lora-lr3e-3-s1"
+    ablation = Train("ablations", "lora", Best("lr", variant=""), variant="x")  # the default variant's rate
+    assert grid.resolve(ablation, tmp_path, lines).name == "math-lora-x-lr3e-3-s0"
+
+
+def test_a_budget_sets_steps_and_examples_and_options_override_the_schedule(tmp_path):
+    job = Train("n768", "hyplora", 1e-3, budget=768, variant="k2", options={"curvature": 2.0, "eval_steps": 48})
+    assert job.name == "math-hyplora-k2-n768-lr1e-3-s0"
+    line = run.command(job, tmp_path)
+    for flag, value in (("--max-steps", "192"), ("--limit", "768"), ("--eval-steps", "48"), ("--curvature", "2.0")):
+        assert line[line.index(flag) + 1] == value
+    assert "--resume" not in line and "--no-learn-curvature" in run.command(
+        Train("x", "hyplora", 1e-3, options={"learn_curvature": False}), tmp_path
     )
-    if checkpoint_step is not None:
-        checkpoint = folder / f"checkpoint-{checkpoint_step}"
-        checkpoint.mkdir()
-        if complete_checkpoint:
-            (checkpoint / "trainer_state.json").write_text("{}")
+    (run.folder(job, tmp_path) / "checkpoint-10").mkdir(parents=True)
+    (run.folder(job, tmp_path) / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    assert run.command(job, tmp_path)[-1] == "--resume"
+    evaluation = run.command(Eval("n768", job, MATH, 100, merge=True), tmp_path)
+    assert evaluation[evaluation.index("--adapter") + 1] == str(run.folder(job, tmp_path)) and "--merge" in evaluation
 
 
-def fake_eval(folder: Path, job: EvalJob, correct: dict[str, list[int]], levels: dict | None = None):
-    folder.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "mode": job.protocol,
-        "limit": job.limit,
-        "datasets": {ds: {"accuracy": float(np.mean(c))} for ds, c in correct.items()},
-    }
-    (folder / "summary.json").write_text(json.dumps(summary))
-    for ds, values in correct.items():
-        rows = [
-            {
-                "index": i,
-                "settings_key": "k",
-                "prompt_hash": "h",
-                "output": "",
-                "correct": bool(v),
-                **({"level": levels[ds][i]} if levels and ds in levels else {}),
-            }
-            for i, v in enumerate(values)
-        ]
-        (folder / f"{ds}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+# ----------------------------------------------------------------------------- runner
+def test_runner_skips_done_jobs_and_runs_evaluations_after_their_training(tmp_path, monkeypatch):
+    done, todo = Train("a", "lora", 1e-3), Train("a", "lora", 3e-3)
+    lines = [done, todo, Eval("b", todo, ("svamp",), 2), Eval("b", Train("a", "dora", 1e-3), ("svamp",), 2)]
+    summary(tmp_path, done, result={"val_loss": 1.0})
+    calls = []
 
+    def fake_run_job(job, work_dir, results_dir, levels_dir):
+        calls.append(job.name)
+        if job.name == "math-dora-lr1e-3-s0":
+            return False
+        summary(results_dir, job, result={"val_loss": 1.0})
+        return True
 
-def test_train_job_states_and_resume_flag(tmp_path):
-    job = TrainJob("main-s0", "math", "hyplora", 1e-3, 0)
-    assert job.name == "math-hyplora-lr1e-3-s0"
-    assert job.state(tmp_path) == "new"
-    fake_train(job.folder(tmp_path), finished=False, checkpoint_step=4, complete_checkpoint=False)
-    assert job.state(tmp_path) == "new"  # a checkpoint cut off mid-write is not resumable
-    (job.folder(tmp_path) / "checkpoint-4" / "trainer_state.json").write_text("{}")
-    assert job.state(tmp_path) == "partial"
-    assert job.estimate_s(tmp_path) < job.estimate_s()  # a resumed run is planned for its remaining steps only
-    command = job.command(tmp_path)
-    assert command[-1] == "--resume"
-    assert command[command.index("--limit") + 1] == str(
-        DESIGN["schedule"]["max_steps"] * DESIGN["schedule"]["batch_size"]
-    )
-    (job.folder(tmp_path) / "adapter_model.safetensors").write_bytes(b"")
-    assert job.state(tmp_path) == "partial"  # the adapter without the final result: not finished
-    fake_train(job.folder(tmp_path))
-    assert job.state(tmp_path) == "done"
-
-
-def test_unfinished_adapter_without_checkpoint_is_set_aside(tmp_path):
-    job = TrainJob("main-s0", "math", "dora", 1e-3, 0)
-    fake_train(job.folder(tmp_path), finished=False)
-    (job.folder(tmp_path) / "adapter_model.safetensors").write_bytes(b"")
-    assert job.state(tmp_path) == "new"
-    run_study.set_aside_unfinished(job, tmp_path)
-    assert not job.folder(tmp_path).exists()
-    assert [p.name.split(".unfinished-")[0] for p in (tmp_path / "train").iterdir()] == [job.name]
-
-
-def test_ablation_options_become_flags():
-    job = TrainJob("ablations", "math", "hyplora", 1e-3, 0, "learn-k", (("curvature", 2.0), ("learn_curvature", True)))
-    command = job.command(Path("/nonexistent"))
-    assert "--learn-curvature" in command and command[command.index("--curvature") + 1] == "2.0"
-    assert job.name == "math-hyplora-learn-k-lr1e-3-s0"
-    off = TrainJob("ablations", "math", "hyplora", 1e-3, 0, "x", (("learn_curvature", False),))
-    assert "--no-learn-curvature" in off.command(Path("/nonexistent"))
-
-
-def test_dora_evaluations_merge_after_the_first_stage():
-    dora = {stage: EvalJob(stage, "math", TrainJob(stage, "math", "dora", 1e-3, 1)) for stage in ("main-s0", "seeds")}
-    lora = EvalJob("seeds", "math", TrainJob("seeds", "math", "lora", 1e-3, 1))
-    assert "--merge" not in dora["main-s0"].command(Path("/nonexistent"))
-    assert "--merge" in dora["seeds"].command(Path("/nonexistent"))
-    assert "--merge" not in lora.command(Path("/nonexistent"))
-
-
-def test_eval_job_states(tmp_path):
-    run = TrainJob("main-s0", "math", "lora", 1e-3, 0)
-    job = EvalJob("main-s0", "math", run)
-    assert job.state(tmp_path) == "waiting"
-    fake_train(run.folder(tmp_path))
-    assert job.state(tmp_path) == "new"
-    assert "--adapter" in job.command(tmp_path) and "--levels-dir" not in job.command(tmp_path)
-    fake_eval(job.folder(tmp_path), job, {ds: [1, 0] for ds in job.datasets[:-1]})
-    assert job.state(tmp_path) == "new"  # one test set missing
-    fake_eval(job.folder(tmp_path), job, {ds: [1, 0] for ds in job.datasets})
-    assert job.state(tmp_path) == "done"
-    assert EvalJob("seeds", "math", None, "paper").datasets == (DESIGN["paper_slice"]["dataset"],)
-
-
-def write_grid(results_dir: Path, method: str, losses: dict):
-    for lr, loss in losses.items():
-        path = results_dir / "runs" / f"{TrainJob('', 'math', method, lr, 0).name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"result": {"val_loss": loss}}))
-
-
-def test_chosen_lr_waits_for_the_whole_grid(tmp_path):
-    grid = DESIGN["lr_grid"]
-    write_grid(tmp_path, "lora", {grid[0]: 2.0, grid[1]: 1.5})
-    assert study.chosen_lr("math", "lora", tmp_path) is None
-    plan = study.stages(tmp_path)
-    assert all(
-        job.state(tmp_path) == "blocked" for job in plan["seeds"] if job.kind == "train" and job.method == "lora"
-    )
-    write_grid(tmp_path, "lora", {grid[2]: 1.7})
-    assert study.chosen_lr("math", "lora", tmp_path) == grid[1]
-    seeds = [job for job in study.stages(tmp_path)["seeds"] if job.kind == "train" and job.method == "lora"]
-    assert [job.name for job in seeds] == [f"math-lora-lr{study._lr_tag(grid[1])}-s{s}" for s in DESIGN["seeds"][1:]]
-
-
-def test_a_best_rate_at_the_end_of_the_grid_adds_the_next_point_past_it(tmp_path):
-    grid, (below, above) = DESIGN["lr_grid"], DESIGN["lr_grid_beyond"]
-    write_grid(tmp_path, "hyplora", {grid[0]: 1.6, grid[1]: 1.5, grid[2]: 1.4})
-    assert study.lr_grid("math", "hyplora", tmp_path) == (*grid, above)
-    assert study.chosen_lr("math", "hyplora", tmp_path) is None  # waits for the added point
-    assert f"math-hyplora-lr{study._lr_tag(above)}-s0" in {job.name for job in study.stages(tmp_path)["lr-grid"]}
-    write_grid(tmp_path, "hyplora", {above: 1.45})
-    assert study.chosen_lr("math", "hyplora", tmp_path) == grid[2]
-    write_grid(tmp_path, "lora", {grid[0]: 1.3, grid[1]: 1.5, grid[2]: 1.6})
-    assert study.lr_grid("math", "lora", tmp_path) == (below, *grid)
-    write_grid(tmp_path, "dora", {grid[0]: 1.6, grid[1]: 1.5, grid[2]: 1.55})
-    assert study.lr_grid("math", "dora", tmp_path) == grid and study.chosen_lr("math", "dora", tmp_path) == grid[1]
-
-
-def test_secondary_model_jobs_are_named_and_run_on_that_model(tmp_path):
-    secondary = DESIGN["secondary"]
-    model, (low, high) = secondary["model"], secondary["lr_grid"]
-    jobs = study.stages(tmp_path)["secondary"]
-    trainings = [f"{model}-math-{m}-lr{study._lr_tag(lr)}-s0" for m in secondary["methods"] for lr in (low, high)]
-    assert [job.name for job in jobs if job.kind == "train"] == trainings
-    assert [job.state(tmp_path) for job in jobs if job.kind == "eval"] == ["blocked", "blocked", "new"]  # grid first
-    train, base = jobs[0], jobs[-1]
-    assert train.command(tmp_path)[train.command(tmp_path).index("--model") + 1] == model
-    command = base.command(tmp_path)
-    assert base.name == f"{model}-math-base--robust" and command[command.index("--model") + 1] == model
-    assert command[command.index("--datasets") + 1 : command.index("--limit")] == list(secondary["test"])
-    assert command[command.index("--limit") + 1] == str(secondary["limit"])
-    # each method's evaluation follows its own grid on this model: LoRA lower at `high`, HypLoRA at `low`
-    for method, losses in (("lora", (1.5, 1.4)), ("hyplora", (1.3, 1.6))):
-        for lr, loss in zip((low, high), losses):
-            path = tmp_path / "runs" / f"{TrainJob('', 'math', method, lr, 0, model=model).name}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"result": {"val_loss": loss}}))
-    evals = [job for job in study.stages(tmp_path)["secondary"] if job.kind == "eval"]
-    assert [job.name for job in evals[:2]] == [
-        f"{model}-math-lora-lr{study._lr_tag(high)}-s0--robust",
-        f"{model}-math-hyplora-lr{study._lr_tag(low)}-s0--robust",
-    ]
-    assert evals[0].model == model and evals[0].limit == secondary["limit"]  # from its run
-    assert study.chosen_lr("math", "lora", tmp_path) is None  # the primary model's grid is not touched
-    # the primary model's jobs keep their names and slices
-    primary = EvalJob("", "math", TrainJob("", "math", "lora", 1e-3, 0))
-    assert primary.name == "math-lora-lr1e-3-s0--robust" and primary.datasets == DESIGN["tasks"]["math"]["test"]
+    monkeypatch.setattr(run, "run_job", fake_run_job)
+    lines.insert(2, Train("a", "dora", 1e-3))
+    failed = run.run_grid(lines, tmp_path / "work", tmp_path, jobs=2)
+    assert failed == {"math-dora-lr1e-3-s0"}  # its evaluation never became ready
+    assert sorted(calls) == ["math-dora-lr1e-3-s0", "math-lora-lr3e-3-s0", "math-lora-lr3e-3-s0--robust"]
+    assert calls.index("math-lora-lr3e-3-s0--robust") > calls.index("math-lora-lr3e-3-s0")
+    calls.clear()
     assert (
-        train.estimate_s() > TrainJob("", "math", "lora", 1e-3, 0).estimate_s()
-    )  # the plan uses the model's own rates
+        run.run_grid([done, todo, lines[3]], tmp_path / "work", tmp_path) == set() and calls == []
+    )  # all done: nothing runs
 
 
-def test_smoke_design_shrinks_every_stage(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "DESIGN", dict(DESIGN))
-    study.use_smoke_design()
-    jobs = study.unique_jobs(study.stages(tmp_path))
-    assert {job.limit for job in jobs if job.kind == "eval"} <= {2, 4}
-    assert all(job.estimate_s() < 300 for job in jobs if job.kind == "train")
-    assert DESIGN["secondary"]["limit"] == 50  # the real design is untouched
+def test_a_training_finished_before_a_kill_is_summarised_without_rerunning(tmp_path, monkeypatch):
+    job = Train("a", "lora", 1e-3)
+    folder = run.folder(job, tmp_path / "work")
+    (folder / "checkpoint-48").mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    (folder / "train_args.json").write_text(json.dumps({"args": {"limit": 192}, "result": {"val_loss": 1.33}}))
+    log = [{"loss": 2.0, "step": 2}, {"eval_loss": 1.5, "step": 10}, {"eval_loss": 1.33, "step": 48}] * 2
+    (folder / "loss_log.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in log))
+    monkeypatch.setattr(run.subprocess, "call", lambda *a, **k: pytest.fail("the CLI must not run again"))
+    assert run.run_job(job, tmp_path / "work", tmp_path, None)
+    written = grid.read_summary("runs", job.name, tmp_path)
+    assert written["result"]["val_loss"] == 1.33 and written["val_curve"] == [[10, 1.5], [48, 1.33]]
+    assert written["train_curve"] == [[2, 2.0], [2, 2.0]] and not (folder / "checkpoint-48").exists()
 
 
-def _claim(selected, work, results, skip=frozenset()):
-    job, lock = run_study.claim_next_job(selected, work, results, set(skip))
-    lock.release()
-    return job.name
+def test_eval_summary_keeps_the_first_items_in_order_with_levels(tmp_path):
+    job = Eval("e", None, ("svamp",), 2)
+    folder = run.folder(job, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"mode": "robust", "datasets": {"svamp": {}}}))
+    rows = [
+        {"index": i, "settings_key": "k", "prompt_hash": "h", "output": "", "correct": i != 1, "level": i}
+        for i in (2, 1, 0)
+    ]
+    (folder / "svamp.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    written = run.eval_summary(job, tmp_path)
+    assert written["items"] == {"svamp": {"correct": [1, 0], "level": [0, 1]}}
+    assert (written["name"], written["protocol"], written["run"]) == ("math-base--robust", "robust", None)
 
 
-def test_claim_next_job_skips_done_work_and_follows_stage_order(tmp_path):
-    work, results = tmp_path / "work", tmp_path / "results"
-    assert _claim(study.STAGES, work, results) == "math-lora-lr1e-3-s0"
-    fake_train(TrainJob("", "math", "lora", DESIGN["provisional_lr"], 0).folder(work))
-    assert _claim(study.STAGES, work, results) == "math-hyplora-lr1e-3-s0"  # trainings first
-    for method in DESIGN["methods"]:
-        fake_train(TrainJob("", "math", method, DESIGN["provisional_lr"], 0).folder(work))
-    assert _claim(study.STAGES, work, results) == "math-lora-lr1e-3-s0--robust"
-    assert _claim(("lr-grid",), work, results) == "math-lora-lr3e-4-s0"
-    assert _claim(study.STAGES, work, results, {"math-lora-lr1e-3-s0--robust"}) == "math-hyplora-lr1e-3-s0--robust"
+# ----------------------------------------------------------------------------- tables on the committed results
+@pytest.fixture(scope="module")
+def study():
+    return tables.Study()
 
 
-def test_a_second_runner_skips_the_job_the_first_holds_and_waits_when_none_is_left(tmp_path):
-    work, results = tmp_path / "work", tmp_path / "results"
-    first, first_lock = run_study.claim_next_job(("main-s0",), work, results, set())
-    second, second_lock = run_study.claim_next_job(("main-s0",), work, results, set())
-    assert (first.name, second.name) == ("math-lora-lr1e-3-s0", "math-hyplora-lr1e-3-s0")
-    third, third_lock = run_study.claim_next_job(("main-s0",), work, results, set())
-    # the evaluations wait for their trainings; only the base-model one could run; holding it too leaves nothing
-    assert third.name == "math-dora-lr1e-3-s0"
-    base, base_lock = run_study.claim_next_job(("main-s0",), work, results, set())
-    assert base.name == "math-base--robust"
-    assert run_study.claim_next_job(("main-s0",), work, results, set()) == (None, 4)
-    for lock in (first_lock, second_lock, third_lock, base_lock):
-        lock.release()
-    assert _claim(("main-s0",), work, results) == "math-lora-lr1e-3-s0"
+def points(d) -> tuple[float, float, float]:
+    return round(100 * d.difference, 1), round(100 * d.low, 1), round(100 * d.high, 1)
 
 
-def test_a_grid_another_runner_finished_but_not_yet_copied_unblocks_its_evaluations(tmp_path):
-    work, results = tmp_path / "work", tmp_path / "results"
-    secondary = DESIGN["secondary"]
-    for method in secondary["methods"]:
-        for lr, loss in zip(secondary["lr_grid"], (1.4, 1.5)):
-            fake_train(TrainJob("", "math", method, lr, 0, model=secondary["model"]).folder(work), val_loss=loss)
-    job, lock = run_study.claim_next_job(("secondary",), work, results, set())
-    lock.release()
-    assert job.name == f"{secondary['model']}-math-lora-lr{study._lr_tag(secondary['lr_grid'][0])}-s0--robust"
-    assert study.secondary_lr("hyplora", results) == secondary["lr_grid"][0]
+def test_committed_results_give_the_reported_losses(study):
+    losses = tables.by_budget(study)
+    mean_sd = {m: (round(np.mean(v[192]), 4), round(np.std(v[192], ddof=1), 4)) for (m, _), v in losses.items()}
+    assert mean_sd == {"lora": (1.33, 0.0011), "hyplora": (1.3545, 0.0002), "dora": (1.3298, 0.0011)}
+    assert study.loss(Train("", "hyplora", 1e-2)) == pytest.approx(1.4077, abs=5e-5)
+    assert study.loss(tables.chosen("hyplora", model=grid.GEMMA)) == pytest.approx(1.3601, abs=5e-5)
 
 
-def test_sync_results_copies_compact_summaries(tmp_path):
-    work, results = tmp_path / "work", tmp_path / "results"
-    run = TrainJob("main-s0", "math", "hyplora", 1e-3, 0)
-    job = EvalJob("main-s0", "math", run)
-    fake_train(run.folder(work), val_loss=1.9)
-    fake_eval(job.folder(work), job, {ds: [1, 0, 1] for ds in job.datasets}, levels={"svamp": [0, 1, 1]})
-    assert run_study.sync_results([run, job], work, results) == [run.name, job.name]
-    saved_run = json.loads((results / "runs" / f"{run.name}.json").read_text())
-    assert saved_run["val_curve"] == [[1, 2.4], [2, 1.9]] and saved_run["result"]["val_loss"] == 1.9
-    saved_eval = json.loads((results / "evals" / f"{job.name}.json").read_text())
-    assert saved_eval["items"]["svamp"] == {"correct": [1, 0, 1], "level": [0, 1, 1]}
-    assert "level" not in saved_eval["items"]["gsm8k"]
-    assert run_study.sync_results([run, job], work, results) == []  # already copied
+def test_committed_results_give_the_reported_accuracies_and_intervals(study):
+    scores = {m: study.correct(tables.evals(m, MATH, 100), MATH).mean(0) for m in ("lora", "hyplora", "dora")}
+    lora = stats.accuracy_ci(scores["lora"])
+    assert (round(100 * lora.estimate, 1), round(100 * lora.low, 1), round(100 * lora.high, 1)) == (7.4, 5.7, 9.2)
+    assert round(100 * scores["hyplora"].mean(), 1) == 6.4 and scores["hyplora"].size == 700
+    d = stats.paired_bootstrap(scores["hyplora"], scores["lora"])
+    assert points(d) == (-1.0, -2.7, 0.7) and round(d.p_value, 3) == 0.267
+    seed0 = (
+        study.correct(tables.evals("hyplora", MATH, 100), MATH)[0],
+        study.correct(tables.evals("lora", MATH, 100), MATH)[0],
+    )
+    assert stats.mcnemar_exact(*seed0) == stats.McNemar(26, 32, pytest.approx(0.512, abs=5e-4))
+    none, default = (
+        study.correct(g, MATH)[0] for g in (tables.ablation_groups()["scale-none"], tables.ablation_groups()[""])
+    )
+    assert points(stats.paired_bootstrap(none, default)) == (-5.3, -7.3, -3.3)
+    gemma = [study.correct(tables.evals(m, MATH, 50, (0,), model=grid.GEMMA), MATH)[0] for m in ("hyplora", "lora")]
+    assert points(stats.paired_bootstrap(*gemma)) == (-1.1, -3.4, 1.1)
 
 
-@pytest.mark.slow
-def test_runner_logs_compute_stops_at_the_deadline(tmp_path):
-    """A job whose command outlives --max-minutes is stopped, logged as interrupted, and not copied."""
-    work, results = tmp_path / "work", tmp_path / "results"
-
-    class SleepJob(TrainJob):
-        def command(self, work_dir=None):
-            return [sys.executable, "-c", "import time; time.sleep(60)"]
-
-    job = SleepJob("main-s0", "math", "lora", 1e-3, 0)
-    runner = run_study.Runner(work, results, None, deadline=0.0)
-    assert runner.run(job) == "interrupted"
-    record = json.loads((results / "compute.jsonl").read_text())
-    assert record["job"] == job.name and record["status"] == "interrupted" and record["wall_s"] < 30
-    assert not (results / "runs").exists()
+def test_budget_table_and_figure_with_a_second_budget(study, tmp_path, monkeypatch):
+    lines = [Train("n768", m, 1e-3, seed, budget=768) for m in ("lora", "hyplora") for seed in (0, 1)]
+    for line, loss in zip(lines, (1.20, 1.22, 1.25, 1.25)):
+        summary(tmp_path, line, result={"val_loss": loss})
+    seeds = [Train("seeds-768", line.method, Best("n768"), line.seed, budget=768) for line in lines]
+    monkeypatch.setattr(grid, "GRID", lines + seeds)
+    monkeypatch.setattr(tables, "GRID", lines + seeds)
+    losses = tables.by_budget(tables.Study(tmp_path))
+    assert losses == {("lora", ""): {768: [1.20, 1.22]}, ("hyplora", ""): {768: [1.25, 1.25]}}
+    row = tables.budget_table(losses)[3]
+    assert "+0.0400 ± 0.0100" in row  # gap 1.25 - 1.21, se sqrt(0.0002 / 2 + 0)
+    tables.plot_budgets({**losses, **{k: {192: [1.3], **v} for k, v in losses.items()}}, tmp_path / "budget.png")
+    assert (tmp_path / "budget.png").stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------- input norms
@@ -382,169 +277,23 @@ def test_time_coordinate_follows_the_layers_own_input_scaling_and_clip():
     assert input_norms.time_coordinate(50.0, "none", 576) == pytest.approx(math.cosh(MAX_TANGENT_NORM))
 
 
-# ----------------------------------------------------------------------------- report
-def test_report_from_partial_results(tmp_path):
-    """Three seeds for LoRA and HypLoRA, one for DoRA, nothing else: tables, verdicts and figures follow the data."""
-    results = tmp_path / "results"
-    grid = DESIGN["lr_grid"]
-    for method in DESIGN["methods"]:
-        write_grid(results, method, {lr: 2.0 + abs(lr - grid[1]) for lr in grid})
-    rng = np.random.default_rng(0)
-    n = DESIGN["tasks"]["math"]["limit"]
-    base = {ds: rng.integers(0, 2, n).tolist() for ds in DESIGN["tasks"]["math"]["test"]}
-    for method, seeds in (("lora", (0, 1, 2)), ("hyplora", (0, 1, 2)), ("dora", (0,))):
-        for seed in seeds:
-            run = TrainJob("", "math", method, grid[1], seed)
-            (results / "runs" / f"{run.name}.json").write_text(
-                json.dumps({"result": {"val_loss": 1.5 + 0.01 * seed}, "val_curve": [[1, 2.0], [2, 1.5]]})
-            )
-            flip = {
-                ds: [1 if method == "hyplora" and i < n // 2 else c for i, c in enumerate(v)] for ds, v in base.items()
-            }
-            job = EvalJob("", "math", run)
-            path = results / "evals" / f"{job.name}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            items = {
-                ds: {"correct": c, **({"level": [i % 3 for i in range(n)]} if ds == "svamp" else {})}
-                for ds, c in flip.items()
-            }
-            path.write_text(json.dumps({"task": "math", "summary": {"model": DESIGN["model"]}, "items": items}))
-    ablation = TrainJob("", "math", "hyplora", grid[1], 0, "scale-none", (("input_scaling", "none"),))
-    (results / "runs" / f"{ablation.name}.json").write_text(json.dumps({"result": {"val_loss": 1.6}, "val_curve": []}))
-    (results / "evals" / f"{EvalJob('', 'math', ablation).name}.json").write_text(
-        json.dumps(
-            {"task": "math", "summary": {"model": DESIGN["model"]}, "items": {ds: {"correct": [0] * n} for ds in base}}
-        )
-    )
-    cs_n = DESIGN["tasks"]["commonsense"]["limit"]
-    for method, correct in (("lora", 1), ("base", 0)):  # right everywhere / wrong everywhere
-        run = None if method == "base" else TrainJob("", "commonsense", method, grid[1], 0)
-        (results / "evals" / f"{EvalJob('', 'commonsense', run).name}.json").write_text(
-            json.dumps(
-                {
-                    "task": "commonsense",
-                    "summary": {"model": DESIGN["model"]},
-                    "items": {ds: {"correct": [correct] * cs_n} for ds in DESIGN["tasks"]["commonsense"]["test"]},
-                }
-            )
-        )
-    gemma, secondary_grid = DESIGN["secondary"]["model"], DESIGN["secondary"]["lr_grid"]
-    for method, correct in (("lora", 0), ("hyplora", 1)):  # on fewer items: must not shorten the primary slices
-        for lr, loss in zip(secondary_grid, (2.0 - correct, 2.5)):  # the first rate chosen
-            run = TrainJob("", "math", method, lr, 0, model=gemma)
-            (results / "runs" / f"{run.name}.json").write_text(
-                json.dumps({"result": {"val_loss": loss}, "val_curve": [[1, 2.5], [2, loss]]})
-            )
-        (
-            results
-            / "evals"
-            / f"{EvalJob('', 'math', TrainJob('', 'math', method, secondary_grid[0], 0, model=gemma)).name}.json"
-        ).write_text(
-            json.dumps(
-                {
-                    "task": "math",
-                    "summary": {"model": gemma},
-                    "items": {
-                        ds: {"correct": [correct] * 30, "level": [0] * 30} for ds in DESIGN["secondary"]["test"]
-                    },
-                }
-            )
-        )
-    (results / "evals" / f"{EvalJob('', 'math', None, model=gemma).name}.json").write_text(
-        json.dumps(
-            {
-                "task": "math",
-                "summary": {"model": gemma},
-                "items": {ds: {"correct": [0] * 30} for ds in DESIGN["secondary"]["test"]},
-            }
-        )
-    )
-    modules = {
-        "q_proj": {
-            "norm_p5_p50_p95": [4.0, 8.0, 10.0],
-            "norm_max": 12.0,
-            "share_clipped_none": 0.002,
-            "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.06},
-        },
-        "down_proj": {
-            "norm_p5_p50_p95": [3.0, 8.0, 50.0],
-            "norm_max": 2919.0,
-            "share_clipped_none": 0.391,
-            "time_at_median": {"none": 1490.5, "unit": 1.54, "rms": 1.02},
-        },
-    }
-    (results / "input_norms.json").write_text(
-        json.dumps({"model": "m", "examples": 8, "clip": 11.09, "modules": modules})
-    )
-    output = tmp_path / "docs" / "results.md"
-    text = analyze.write_report(analyze.Results(results), output, tmp_path / "docs" / "results", tmp_path / "work")
-    assert "base (no adapter) below; LoRA above." in text  # against always giving each slice's commonest answer
-    assert (
-        "| each slice's most frequent answer, always (no model) | — | — | 70.0 [" in text
-    )  # 70 of BoolQ's first 100 are true
-    assert output.read_text() == text
-    assert "HypLoRA wins" in text  # HypLoRA is right on every item LoRA is, and more
-    assert "DoRA vs LoRA over" in text and "ties" in text.split("DoRA vs LoRA over")[1].split("\n")[0]
-    matched = text.split("HypLoRA − LoRA at lr 0.001: ")[1].split("\n")[0]  # seed 0 at the shared rate
-    assert matched.startswith("+") and "700 items" in matched and "0 only LoRA" in matched
-    assert "HypLoRA − LoRA per slice: 7 of 7 slice intervals exclude 0" in text
-    assert "Not yet run: a commonsense training" in text
-    assert "Harder problems" in text and "Intervals excluding 0 at level(s) 0, 1" in text
-    assert "Slices with a level: svamp " in text and "HypLoRA − LoRA by level" in text
-    assert "| scale-none | 1.6000 | 0.0 [0.0, 0.0] |" in text and "| k2 | not yet run | not yet run |" in text
-    assert "pooled math accuracy minus the default's (paired, same items): scale-none loses, " in text
-    assert "the default's sd 0.0100 over 3 seeds): scale-none +0.1000." in text
-    assert f"svamp (n={n})" in text
-    assert "time 1.49e+03–1.49e+03 across the layers (`unit` 1.54, `rms` at most 1.06)" in text
-    assert (
-        "up to 39.1% of them (`down_proj`)" in text and "| `down_proj` | 3.00 | 8.00 | 50.00 | 2919.0 | 39.1 |" in text
-    )
-    k = 30 * len(DESIGN["secondary"]["test"])
-    assert (
-        f"Secondary model ({gemma}, seed 0, one run per rate), final validation loss at the chosen rates: HypLoRA"
-        " 1.0000, LoRA 2.0000."
-    ) in text
-    assert f"Secondary model, HypLoRA vs LoRA over {k} items: HypLoRA wins, +100.0 [+100.0, +100.0] points." in text
-    assert f"| HypLoRA | 1.0000 | 2.5000 | {secondary_grid[0]:g} | 100.0 [100.0, 100.0] |" in text
-    assert f"McNemar {k} vs 0 discordant items" in text
-    assert "each method − the base model on the same items: LoRA ties, +0.0 [+0.0, +0.0]; HypLoRA wins, +100.0" in text
-    assert (tmp_path / "docs" / "results" / "val_loss_secondary.png").stat().st_size > 0
-    assert (tmp_path / "docs" / "results" / "val_loss.png").stat().st_size > 0
-    assert (tmp_path / "docs" / "results" / "accuracy_math.png").stat().st_size > 0
-    assert (tmp_path / "docs" / "results" / "accuracy_commonsense.png").stat().st_size > 0
+# ----------------------------------------------------------------------------- end to end (pytest -m study)
+@pytest.mark.study
+def test_the_runner_trains_evaluates_and_skips_with_the_real_cli(tmp_path):
+    """A two-step training of a tiny model and a two-item evaluation through `hyplora`; a second run does nothing."""
+    from hyplora.harness.base_models import load_tokenizer, tiny_model
 
-
-def test_grown_slice_is_copied_again_and_analysed_on_common_items(tmp_path):
-    """An evaluation copied at a smaller slice is replaced once the larger one exists; until then, pairs use the first n."""
+    model = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model)
+    load_tokenizer("smollm2-135m").save_pretrained(model)
+    schedule = {"val_size": 4, "eval_steps": 1, "save_steps": 1, "warmup_steps": 1, "cutoff_len": 64}
+    train = Train("t", "hyplora", 1e-3, model=str(model), budget=8, options=schedule)
+    lines = [train, Eval("e", train, ("svamp",), 2)]
     work, results = tmp_path / "work", tmp_path / "results"
-    run = TrainJob("main-s0", "math", "lora", 1e-3, 0)
-    job = EvalJob("main-s0", "math", run)
-    fake_train(run.folder(work))
-    old = results / "evals" / f"{job.name}.json"
-    old.parent.mkdir(parents=True)
-    old.write_text(
-        json.dumps(
-            {
-                "task": "math",
-                "summary": {"model": DESIGN["model"], "limit": 2},
-                "items": {ds: {"correct": [1, 0]} for ds in job.datasets},
-            }
-        )
-    )
-    assert run_study.sync_results([job], work, results) == []  # the larger evaluation is not done yet
-    other = EvalJob("main-s0", "math", TrainJob("main-s0", "math", "hyplora", 1e-3, 0))
-    (results / "evals" / f"{other.name}.json").write_text(
-        json.dumps(
-            {
-                "task": "math",
-                "summary": {"model": DESIGN["model"]},
-                "items": {ds: {"correct": [1, 1, 1]} for ds in job.datasets},
-            }
-        )
-    )
-    loaded = analyze.Results(results)
-    assert loaded.slice_sizes[(DESIGN["model"], "math", "robust", "svamp")] == 2
-    assert loaded.evals[other.name]["items"]["svamp"]["correct"] == [1, 1]
-    fake_eval(job.folder(work), job, {ds: [0] * job.limit for ds in job.datasets})
-    assert run_study.sync_results([job], work, results) == [job.name]
-    assert len(json.loads(old.read_text())["items"]["svamp"]["correct"]) == job.limit
+    assert run.run_grid(lines, work, results) == set()
+    written = grid.read_summary("runs", train.name, results)
+    assert written["result"]["steps"] == 2 and written["args"]["limit"] == 8 and written["wall_s"] > 0
+    assert len(grid.read_summary("evals", lines[1].name, results)["items"]["svamp"]["correct"]) == 2
+    modified = {p: p.stat().st_mtime for p in results.rglob("*.json")}
+    assert run.run_grid(lines, work, results) == set()
+    assert {p: p.stat().st_mtime for p in results.rglob("*.json")} == modified

@@ -2,9 +2,9 @@
 
 The `scale-none` ablation (u = x) scored below the base model. This measures what it fed the exponential map:
 the time coordinate is sqrt(K) cosh(|u|/sqrt(K)), and `hyplora.adapter.lorentz` clips |u| at sqrt(K) * MAX_TANGENT_NORM
-(~11.09), beyond which the map no longer depends on |u|. Writes `results/input_norms.json`; `analyze.py` quotes it.
+(~11.09), beyond which the map no longer depends on |u|. Writes `results/input_norms.json`; `tables.py` tabulates it.
 
-    python examples/cpu_study/input_norms.py          # SmolLM2-135M, the first 8 training examples, ~1 min
+    python examples/cpu_study/input_norms.py [OUTPUT.json]   # SmolLM2-135M, the first 8 training examples, ~1 min
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study import DESIGN, RESULTS_DIR  # noqa: E402
+from grid import ADAPTER, MODEL, RESULTS_DIR, SCHEDULE  # noqa: E402
 
 from hyplora.adapter.layer import tangent_scale  # noqa: E402
 from hyplora.adapter.lorentz import MAX_TANGENT_NORM, expmap0_scalars  # noqa: E402
@@ -63,15 +63,13 @@ def time_coordinate(norm: float, input_scaling: str, in_features: int) -> float:
 
 
 def main() -> int:
-    torch.set_num_threads(DESIGN["threads"])
-    targets = DESIGN["adapter"]["target_modules"].split(",")
-    records = load_train_set(DESIGN["tasks"]["math"]["train"], seed=DESIGN["schedule"]["data_seed"]).records[
-        :N_EXAMPLES
-    ]
+    torch.set_num_threads(1)
+    targets = ADAPTER["target_modules"].split(",")
+    records = load_train_set("math", seed=SCHEDULE["data_seed"]).records[:N_EXAMPLES]
     texts = [train_prompt(r["instruction"], r.get("input", ""), r["output"]) for r in records]
-    model, tokenizer = load_model(DESIGN["model"])
-    norms = input_norms(model, tokenizer, texts, targets, DESIGN["schedule"]["cutoff_len"])
-    report = {"model": DESIGN["model"], "examples": N_EXAMPLES, "clip": MAX_TANGENT_NORM, "modules": {}}
+    model, tokenizer = load_model(MODEL)
+    norms = input_norms(model, tokenizer, texts, targets, SCHEDULE["cutoff_len"])
+    report = {"model": MODEL, "examples": N_EXAMPLES, "clip": MAX_TANGENT_NORM, "modules": {}}
     for name, (in_features, values) in norms.items():
         low, median, high = (float(np.percentile(values, p)) for p in (5, 50, 95))
         report["modules"][name] = {
@@ -89,7 +87,7 @@ def main() -> int:
             f" clipped with u = x: {100 * report['modules'][name]['share_clipped_none']:.1f}%;"
             f" time at the median: {report['modules'][name]['time_at_median']}"
         )
-    path = RESULTS_DIR / "input_norms.json"
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_DIR / "input_norms.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {path}")
     return 0
