@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyplora.adapter import lorentz
-from hyplora.adapter.layer import arsinhc_slope, hyplora_forward, hyplora_forward_literal
+from hyplora.adapter.layer import hyplora_forward, hyplora_forward_literal
+from hyplora.adapter.lorentz import arsinhc_slope
 
 SCALINGS = ["none", "unit", "rms"]
 DEVICE = torch.device(os.environ.get("HYPLORA_TEST_DEVICE", "cpu"))

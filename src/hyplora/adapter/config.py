@@ -6,9 +6,16 @@ from typing import Literal
 from peft import LoraConfig
 from torch import nn
 
+from hyplora.adapter import forms
 from hyplora.adapter.layer import dispatch_hyplora
 
-INPUT_SCALINGS = ("none", "unit", "rms")
+# form -> (input scalings it accepts, the first its default; default curvature K; learn K by default)
+FORM_DEFAULTS = {
+    "seed": (("unit", "none", "rms"), 1.0, False),
+    "llr": (("rms", "none", "unit"), 1.0, False),
+    "llr-official": (("release",), forms.RELEASE_DEFAULT_K, True),  # the release learns k; hyplora-1.0
+    "stereographic": (("none",), 1.0, True),  # the release learns its raw k
+}
 SUPPORTED_INITS = (True, False, "gaussian")
 # `peft_type` in a saved HypLoRA `adapter_config.json`: no PEFT method has it, so only a process that imported
 # hyplora (which registers it, `hyplora.adapter.peft_hooks`) can load the adapter
@@ -31,37 +38,72 @@ class HypLoraConfig(LoraConfig):
             "is_lora_variant": True,
         },
     )
-    curvature: float = field(
-        default=1.0,
+    form: Literal["seed", "llr", "llr-official", "stereographic"] = field(
+        default="seed",
         metadata={
-            "help": "K > 0 of the hyperboloid <x,x>_L = -K (sectional curvature -1/K); the initial value if learned."
+            "help": (
+                "Which adapter. 'seed': the first release (arXiv:2410.04010 v1): A (r, in+1) and B (out, r+1) act on "
+                "Lorentz points, 2 extra columns' worth of parameters. 'llr': the NeurIPS 2025 direct Lorentz "
+                "low-rank transformation with one consistent K, LoRA's shapes: sqrt(K) asinh(|y|/sqrt(K)) y/|y|, "
+                "y = B A expmap0(u)_s. 'llr-official': that release's code as it computes it (K = softplus(k) + "
+                "1e-6, its clamps, a lift with +1/K), for reproducing its tables. 'stereographic': that release's "
+                "hyplora_simplified, 2x/(1+k|x|^2) before A and y/(1 + sqrt(|k|) sqrt(|y|^2 + k)) after B, raw k. "
+                "Formulas: hyplora.adapter.forms; choice and costs: README."
+            )
         },
     )
-    learn_curvature: bool = field(
-        default=False,
-        metadata={"help": "Train K per adapted layer, kept positive as K = softplus(k); saved with the adapter."},
+    curvature: float | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "K > 0 of the hyperboloid <x,x>_L = -K (sectional curvature -1/K) in every form; the initial value "
+                "if learned. Default 1.0, except 'llr-official': 1.3133 = softplus(1) + 1e-6, the release's "
+                "'hyplora-1.0' (its suffix is k, not K)."
+            )
+        },
     )
-    input_scaling: Literal["none", "unit", "rms"] = field(
-        default="unit",
+    learn_curvature: bool | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Train K per adapted layer; saved with the adapter. 'seed', 'llr': K = softplus(k), default off. "
+                "'llr-official': K = softplus(k) + 1e-6 with dL/dk clamped to +-0.01, default on. 'stereographic': "
+                "K = k, unconstrained as in the release, default on."
+            )
+        },
+    )
+    input_scaling: Literal["none", "unit", "rms", "release"] | None = field(
+        default=None,
         metadata={
             "help": (
                 "How the layer input x becomes the tangent vector u before the exponential map. 'none': u = x (the "
-                "paper's literal form; LLM hidden states saturate the map). 'unit': u = x/max(|x|, 0.01) * min(e^s, 10) (the "
-                "first release). 'rms': u = x / (e^s * sqrt(in_features)), i.e. |u| = rms(x)/e^s. s is learned, "
-                "initialised to 0. Default 'unit': the lowest held-out loss of the three in benchmarks/input_scaling.py "
-                "(see benchmarks/README.md); 'none' diverged there."
+                "paper's literal form; LLM hidden states saturate the map). 'unit': u = x/max(|x|, 0.01) * min(e^s, "
+                "10) (the first release). 'rms': u = x / (e^s * sqrt(in_features)), i.e. |u| = rms(x)/e^s, the "
+                "second release's |x|/s' with s' = e^s sqrt(in). s is learned, initialised to 0. 'release' "
+                "('llr-official' only, its one choice): u = x/s with the release's raw s, initialised to sqrt(in). "
+                "'stereographic' takes 'none' only. Default: 'unit' for 'seed' (the lowest held-out loss of the "
+                "three in benchmarks/input_scaling.py, see benchmarks/README.md; 'none' diverged there), 'rms' for "
+                "'llr', the release's own for the other two."
             )
         },
     )
 
     def __post_init__(self):
         super().__post_init__()  # resets _custom_modules: register ours afterwards
+        if self.form not in FORM_DEFAULTS:
+            raise ValueError(f"`form` must be one of {tuple(FORM_DEFAULTS)}, got {self.form!r}")
+        scalings, curvature, learn = FORM_DEFAULTS[self.form]
+        self.curvature = curvature if self.curvature is None else self.curvature
+        self.learn_curvature = learn if self.learn_curvature is None else self.learn_curvature
+        self.input_scaling = scalings[0] if self.input_scaling is None else self.input_scaling
         if not self.use_hyplora:
             return
         if not self.curvature > 0:
             raise ValueError(f"`curvature` must be > 0, got {self.curvature}")
-        if self.input_scaling not in INPUT_SCALINGS:
-            raise ValueError(f"`input_scaling` must be one of {INPUT_SCALINGS}, got {self.input_scaling!r}")
+        if self.input_scaling not in scalings:
+            raise ValueError(
+                f"`input_scaling` must be one of {scalings} for form={self.form!r}, got {self.input_scaling!r}"
+            )
         if self.init_lora_weights not in SUPPORTED_INITS:
             raise ValueError(
                 f"`init_lora_weights={self.init_lora_weights!r}` is not supported by HypLoRA: data-driven inits "

@@ -22,9 +22,14 @@ per-token gain from the input scaling), ``n = |u|``,
     \sigma = g\,\sqrt K \sinh(n/\sqrt K)/n,
 
 and ``logmap0(lift(y))[1:] = arsinhc(|y|/sqrt(K)) y``. Two autograd functions keep the big tensors
-out of the graph: :class:`_ProjectA` (the ``A_s`` matmul and ``|x|``) and :class:`_ProjectBLogmap`
+out of the graph: :class:`_ProjectA` (the ``A_s`` matmul and ``|x|``) and :class:`_ProjectBRadial`
 (the ``B`` matmul, the log map and the residual add), whose backward never needs ``y = z B^T``.
 Everything in the branch is float32 (float64 for a float64 model) whatever the model dtype or autocast.
+
+That is the ``seed`` form (``HypLoraConfig(form="seed")``, the first release). The other forms of
+:mod:`hyplora.adapter.forms` (``llr``, ``llr-official``, ``stereographic``) have LoRA's shapes, ``A (r, in)`` and
+``B (out, r)``, and share the two functions: ``z = sigma (v A^T)`` with a per-token input factor ``sigma``, then
+``result + scaling * phi(|y|) y`` with ``y = z B^T`` (:class:`_ProjectBRadial`, one output law per form).
 """
 
 import functools
@@ -38,17 +43,18 @@ from peft.tuners.lora.layer import LoraVariant
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from hyplora.adapter import lorentz
+from hyplora.adapter import forms, lorentz
 
 MERGE_ERROR = (
-    "HypLoRA adapters cannot be merged into the base weights: the branch x -> logmap0(lift(B lift(A expmap0(x)))) "
-    "is not linear in x, so no matrix W' gives W'x = Wx + delta(x). Keep the adapter unmerged (or use "
-    "`unload()` to drop it)."
+    "HypLoRA adapters cannot be merged into the base weights: in every form (seed, llr, llr-official, "
+    "stereographic) the branch maps x through non-linear maps around A and B (e.g. logmap0(lift(B A expmap0(x)))), "
+    "so no matrix W' gives W'x = Wx + delta(x). Keep the adapter unmerged (or use `unload()` to drop it). "
+    "Tools that merge to export weights cannot serve a HypLoRA policy: with TRL, train without vLLM "
+    "(`use_vllm=False`, TRL's default), since its vLLM weight sync merges the adapter."
 )
 # |x| below which 'unit' scaling stops dividing: u = x m / eps there, so du/dx <= m / eps = 1e3 and an fp16
 # model's input gradient cannot overflow (at 1e-6 it reached 4e5 > 65504); LLM hidden states have |x| >> 1e-2
 _UNIT_EPS = 1e-2
-_PSI_TAYLOR_BELOW = 0.1
 
 
 def tangent_scale(
@@ -72,19 +78,6 @@ def tangent_scale(
     if input_scaling == "rms":
         return (-log_scale).exp() / math.sqrt(in_features) * m
     raise ValueError(f"unknown input_scaling {input_scaling!r}")
-
-
-def arsinhc_slope(t: torch.Tensor) -> torch.Tensor:
-    r""":math:`\psi(t) = \frac{d}{dt}\operatorname{arsinhc}(t) / t = (1/\sqrt{1+t^2} - \operatorname{arsinh}(t)/t)/t^2`.
-
-    Series :math:`-1/3 + 3t^2/10 - 15t^4/56` below 0.1, where the closed form cancels.
-    """
-    small = t.abs() < _PSI_TAYLOR_BELOW
-    t_safe = torch.where(small, torch.ones_like(t), t)
-    t2 = t * t
-    series = -1.0 / 3.0 + t2 * (0.3 - t2 * (15.0 / 56.0))
-    closed = (torch.rsqrt(1.0 + t_safe * t_safe) - torch.asinh(t_safe) / t_safe) / (t_safe * t_safe)
-    return torch.where(small, series, closed)
 
 
 class _ProjectA(torch.autograd.Function):
@@ -115,48 +108,63 @@ class _ProjectA(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-class _ProjectBLogmap(torch.autograd.Function):
-    r"""``result + scaling * arsinhc(|y|/a) * y`` with ``y = z B^T`` and ``a = sqrt(K)``, never forming ``y``.
+class _ProjectBRadial(torch.autograd.Function):
+    r"""``result + scaling * phi(|y|) * y`` with ``y = z B^T`` and ``phi`` one of the output laws of
+    :mod:`hyplora.adapter.forms` (``law``, with its scalar ``param``: sqrt(K), K or k).
 
-    Row-wise :math:`\phi\,y = (\phi z) B^\top`, and :math:`|y|^2 = z\,(B^\top B)\,z^\top` from the
-    ``(r+1)``-square Gram matrix, so the forward is one GEMM accumulating into ``result`` (in place when
-    ``result`` is float32). :math:`\phi = s\,\operatorname{arsinhc}(w)` is flat at 0, so the Gram form's
-    rounding for small ``|y|`` does not matter. With :math:`G = g B`, :math:`y\cdot g = \sum z \odot G` and
-    :math:`\kappa = s\,\psi(w)(y\cdot g)/a^2`: :math:`\partial z = \phi G + \kappa\, z B^\top B`,
-    :math:`\partial B = g^\top(\phi z) + B\, z^\top(\kappa z)`, :math:`\partial a = -\sum s\, w^2\psi(w)(y\cdot g)/a`.
+    With ``exact_norm=False`` ``y`` is never formed: row-wise :math:`\phi\,y = (\phi z) B^\top` and
+    :math:`|y|^2 = z\,(B^\top B)\,z^\top` from the ``r``-square Gram matrix, so the forward is one GEMM
+    accumulating into ``result`` (in place when ``result`` is float32); that needs a ``phi`` flat at 0, where the
+    Gram form's rounding of small ``|y|`` does not matter. ``exact_norm=True`` forms ``y`` (LoRA's own cost) for
+    laws that are not. With :math:`G = g B` (``g`` the output gradient), :math:`y\cdot g = \sum z \odot G` and
+    :math:`\kappa = s\,\phi'(\rho)/\rho\,(y\cdot g)` from the law: :math:`\partial z = s\phi G + \kappa\,
+    z B^\top B`, :math:`\partial B = s g^\top(\phi z) + B\, z^\top(\kappa z)`; the law gives
+    :math:`\partial\,\mathrm{param}`. The backward never needs ``y``.
     """
 
     @staticmethod
-    def forward(ctx, result, z, weight, sqrt_k, scaling):
-        z_gram = z @ (weight.T @ weight)
-        w = (z_gram * z).sum(-1).clamp_min(0.0).sqrt() / sqrt_k
-        phi = scaling * lorentz.arsinhc(w)
-        ctx.save_for_backward(z, weight, sqrt_k, w, phi)  # z B^T B is recomputed: (r+1)^2 per token
-        ctx.scaling = scaling
+    def forward(ctx, result, z, weight, param, scaling, law, exact_norm):
+        if exact_norm:
+            y = z @ weight.T
+            rho_sq = (y * y).sum(-1)
+        else:
+            z_gram = z @ (weight.T @ weight)
+            rho_sq = (z_gram * z).sum(-1)
+        saved, factor = law.forward(rho_sq, param)
+        phi = scaling * factor
+        ctx.save_for_backward(z, weight, param, saved, phi)  # z B^T B is recomputed: r^2 per token
+        ctx.scaling, ctx.law = scaling, law
         rows = (-1, result.shape[-1])
         inplace = result.dtype == z.dtype and result.is_contiguous() and result._base is None
         if inplace and not (result.is_leaf and result.requires_grad):
             ctx.mark_dirty(result)  # the frozen layer's output is not needed by its own backward
-            result.view(rows).addmm_(phi.unsqueeze(-1) * z, weight.T)
+            if exact_norm:
+                result.view(rows).addcmul_(phi.unsqueeze(-1), y)
+            else:
+                result.view(rows).addmm_(phi.unsqueeze(-1) * z, weight.T)
             return result
-        out = torch.addmm(result.reshape(rows).to(z.dtype), phi.unsqueeze(-1) * z, weight.T)
+        base = result.reshape(rows).to(z.dtype)
+        if exact_norm:
+            out = torch.addcmul(base, phi.unsqueeze(-1), y)
+        else:
+            out = torch.addmm(base, phi.unsqueeze(-1) * z, weight.T)
         return out.to(result.dtype).view(result.shape)
 
     @staticmethod
     def backward(ctx, grad_out):
-        z, weight, sqrt_k, w, phi = ctx.saved_tensors
+        z, weight, param, saved, phi = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1]).to(z.dtype)
-        g_b = g @ weight  # (T, r+1)
-        psi_yg = ctx.scaling * arsinhc_slope(w) * (z * g_b).sum(-1)
-        kappa = (psi_yg / (sqrt_k * sqrt_k)).unsqueeze(-1)
-        grad_z = grad_w = grad_sqrt_k = None
+        g_b = g @ weight  # (T, r)
+        kappa, grad_param = ctx.law.backward(saved, param, ctx.scaling, (z * g_b).sum(-1))
+        kappa = kappa.unsqueeze(-1)
+        grad_z = grad_w = None
         if ctx.needs_input_grad[1]:
             grad_z = torch.addcmul(kappa * (z @ (weight.T @ weight)), phi.unsqueeze(-1), g_b)
         if ctx.needs_input_grad[2]:
             grad_w = torch.addmm(weight @ (z.T @ (kappa * z)), g.T, phi.unsqueeze(-1) * z)
-        if ctx.needs_input_grad[3]:
-            grad_sqrt_k = -(w * w * psi_yg).sum() / sqrt_k
-        return grad_out, grad_z, grad_w, grad_sqrt_k, None
+        if not ctx.needs_input_grad[3]:
+            grad_param = None
+        return grad_out, grad_z, grad_w, grad_param, None, None, None
 
 
 def _in_compute_dtype(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple:
@@ -182,6 +190,23 @@ def without_autocast(branch):
     return run
 
 
+def _rows_through_a(x: torch.Tensor, weight_space: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(v A^T, |v|, m)`` for the rows of a 2-d ``x``, ``v = x/m``, ``m`` the row's largest entry (a constant).
+
+    Scaling by ``m`` keeps every norm and matmul finite for any finite ``x``; the branch depends on ``x`` only
+    through ``v`` and ``|v|`` (and the constant ``m``), so the gradient is exact.
+    """
+    row_max = x.detach().abs().amax(-1).clamp_min(torch.finfo(x.dtype).tiny)
+    va, norm = _ProjectA.apply(x, weight_space, row_max.reciprocal())
+    return va, norm, row_max
+
+
+def _tangent_expmap0(norm, row_max, sqrt_k, input_scaling, log_scale, in_features):
+    """``(time, sigma)`` of ``expmap0((0, u))`` for ``u = input_scaling(x)``, with ``expmap0_s = sigma v``."""
+    gain = tangent_scale(norm, input_scaling, log_scale, in_features, row_max)
+    return lorentz.expmap0_scalars(norm, sqrt_k, gain)
+
+
 @without_autocast
 def hyplora_forward(
     result: torch.Tensor,
@@ -194,21 +219,76 @@ def hyplora_forward(
     input_scaling: str,
     log_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``result + delta(x)`` of the module docstring, fused; ``x`` already dropped out. Shapes ``(..., in)``.
-
-    Each row is divided by its largest entry ``m`` (a constant for autograd: the branch depends on ``x`` only
-    through ``u``, so the gradient is exact), so no norm or matmul overflows for any finite ``x``.
-    """
+    """``seed``: ``result + delta(x)`` of the module docstring, fused; ``x`` already dropped out. Shapes ``(..., in)``."""
     x, weight_a, weight_b, sqrt_k, log_scale = _in_compute_dtype(
         x.reshape(-1, x.shape[-1]), weight_a, weight_b, sqrt_k, log_scale
     )
-    row_max = x.detach().abs().amax(-1).clamp_min(torch.finfo(x.dtype).tiny)
-    va, norm = _ProjectA.apply(x, weight_a[:, 1:], row_max.reciprocal())
-    gain = tangent_scale(norm, input_scaling, log_scale, x.shape[-1], row_max)
-    time, space_scale = lorentz.expmap0_scalars(norm, sqrt_k, gain)
+    va, norm, row_max = _rows_through_a(x, weight_a[:, 1:])
+    time, space_scale = _tangent_expmap0(norm, row_max, sqrt_k, input_scaling, log_scale, x.shape[-1])
     h = torch.addcmul(time.unsqueeze(-1) * weight_a[:, 0], space_scale.unsqueeze(-1), va)
     z = torch.cat([((h * h).sum(-1, keepdim=True) + sqrt_k * sqrt_k).sqrt(), h], dim=-1)
-    return _ProjectBLogmap.apply(result, z, weight_b, sqrt_k, scaling)
+    return _ProjectBRadial.apply(result, z, weight_b, sqrt_k, scaling, forms.LogmapOfLift, False)
+
+
+@without_autocast
+def llr_forward(
+    result: torch.Tensor,
+    x: torch.Tensor,
+    weight_a: torch.Tensor,
+    weight_b: torch.Tensor,
+    *,
+    sqrt_k: torch.Tensor,
+    scaling: float,
+    input_scaling: str,
+    log_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""``llr``: ``result + sqrt(K) asinh(|y|/sqrt(K)) y/|y| * scaling``, ``y = B A expmap0((0, u))_s``. A ``(r, in)``."""
+    x, weight_a, weight_b, sqrt_k, log_scale = _in_compute_dtype(
+        x.reshape(-1, x.shape[-1]), weight_a, weight_b, sqrt_k, log_scale
+    )
+    va, norm, row_max = _rows_through_a(x, weight_a)
+    _, space_scale = _tangent_expmap0(norm, row_max, sqrt_k, input_scaling, log_scale, x.shape[-1])
+    z = space_scale.unsqueeze(-1) * va
+    return _ProjectBRadial.apply(result, z, weight_b, sqrt_k, scaling, forms.LogmapOfLift, False)
+
+
+@without_autocast
+def llr_official_forward(
+    result: torch.Tensor,
+    x: torch.Tensor,
+    weight_a: torch.Tensor,
+    weight_b: torch.Tensor,
+    *,
+    curvature: torch.Tensor,
+    scaling: float,
+    norm_scale: torch.Tensor,
+) -> torch.Tensor:
+    """``llr-official``: the release's ``hyplora`` branch (:func:`forms.release_expmap_factor`, ``B A``,
+    :class:`forms.ReleaseLogmap`), ``curvature`` = K, ``norm_scale`` = s. A ``(r, in)``, B ``(out, r)``."""
+    x, weight_a, weight_b, curvature, norm_scale = _in_compute_dtype(
+        x.reshape(-1, x.shape[-1]), weight_a, weight_b, curvature, norm_scale
+    )
+    va, norm, row_max = _rows_through_a(x, weight_a)
+    z = forms.release_expmap_factor(norm, row_max, norm_scale, curvature).unsqueeze(-1) * va
+    return _ProjectBRadial.apply(result, z, weight_b, curvature, scaling, forms.ReleaseLogmap, True)
+
+
+@without_autocast
+def stereographic_forward(
+    result: torch.Tensor,
+    x: torch.Tensor,
+    weight_a: torch.Tensor,
+    weight_b: torch.Tensor,
+    *,
+    curvature: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """``stereographic``: the release's ``hyplora_simplified`` (:func:`forms.stereographic_factor`, ``B A``,
+    :class:`forms.StereographicProjection`), ``curvature`` = k. A ``(r, in)``, B ``(out, r)``."""
+    x, weight_a, weight_b, curvature = _in_compute_dtype(x.reshape(-1, x.shape[-1]), weight_a, weight_b, curvature)
+    va, norm, row_max = _rows_through_a(x, weight_a)
+    z = forms.stereographic_factor(norm, row_max, curvature).unsqueeze(-1) * va
+    return _ProjectBRadial.apply(result, z, weight_b, curvature, scaling, forms.StereographicProjection, False)
 
 
 @without_autocast
@@ -243,7 +323,7 @@ class ScalarParameter(nn.Module):
 
 
 class HypLoraLinearVariant(LoraVariant):
-    """PEFT variant hooks: reshape A and B to act on Lorentz points, run :func:`hyplora_forward`, refuse merges."""
+    """PEFT variant hooks: shape A and B for the adapter's form, add its scalars, run its branch, refuse merges."""
 
     def supports_lora_conversion(self) -> bool:
         return False
@@ -251,34 +331,53 @@ class HypLoraLinearVariant(LoraVariant):
     @staticmethod
     def init(module: "HypLoraLinear", adapter_name: str, config=None, **kwargs: Any) -> None:
         old = module.lora_A[adapter_name].weight
-        r, factory = module.r[adapter_name], {"device": old.device, "dtype": old.dtype}
-        # The +1 columns multiply the time coordinate (eq. of the Lorentz low-rank transformation).
-        module.lora_A[adapter_name] = nn.Linear(module.in_features + 1, r, bias=False, **factory)
-        module.lora_B[adapter_name] = nn.Linear(r + 1, module.out_features, bias=False, **factory)
-        module.reset_lora_parameters(adapter_name, config.init_lora_weights)
+        form = config.form
+        if form == "seed":  # the +1 columns multiply the time coordinate; the other forms keep LoRA's shapes
+            r, factory = module.r[adapter_name], {"device": old.device, "dtype": old.dtype}
+            module.lora_A[adapter_name] = nn.Linear(module.in_features + 1, r, bias=False, **factory)
+            module.lora_B[adapter_name] = nn.Linear(r + 1, module.out_features, bias=False, **factory)
+            module.reset_lora_parameters(adapter_name, config.init_lora_weights)
+        module.hyplora_form[adapter_name] = form
         module.hyplora_curvature[adapter_name] = float(config.curvature)
         module.hyplora_input_scaling[adapter_name] = config.input_scaling
-        if config.learn_curvature:  # K = softplus(k), so k starts at softplus^-1(K)
-            raw = math.log(math.expm1(config.curvature))
+        if config.learn_curvature:  # the raw k that forms.curvature_from_raw maps to K
+            raw = forms.raw_from_curvature(form, config.curvature)
             module.lora_curvature[adapter_name] = ScalarParameter(raw, device=old.device)
-        if config.input_scaling != "none":
+        if config.input_scaling in ("unit", "rms"):  # log-scale s, from 0
             module.lora_input_scale[adapter_name] = ScalarParameter(0.0, device=old.device)
+        elif config.input_scaling == "release":  # the release's s itself, from sqrt(in)
+            module.lora_input_scale[adapter_name] = ScalarParameter(math.sqrt(module.in_features), device=old.device)
 
-    branch = staticmethod(hyplora_forward)  # the computation; benchmarks swap in `hyplora_forward_literal`
+    # the computation per form; benchmarks swap in `hyplora_forward_literal` for the seed
+    branches = {
+        "seed": hyplora_forward,
+        "llr": llr_forward,
+        "llr-official": llr_official_forward,
+        "stereographic": stereographic_forward,
+    }
 
     @classmethod
     def forward(cls, module: "HypLoraLinear", active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs):
+        form = module.hyplora_form[active_adapter]
         scale = module.lora_input_scale[active_adapter].weight if active_adapter in module.lora_input_scale else None
-        return cls.branch(
+        inputs = (
             result,
             module.lora_dropout[active_adapter](x),
             module.lora_A[active_adapter].weight,
             module.lora_B[active_adapter].weight,
-            sqrt_k=module.curvature(active_adapter).sqrt(),
-            scaling=module.scaling[active_adapter],
-            input_scaling=module.hyplora_input_scaling[active_adapter],
-            log_scale=scale,
         )
+        curvature = module.curvature(active_adapter)
+        if form in ("seed", "llr"):
+            options = {
+                "sqrt_k": curvature.sqrt(),
+                "input_scaling": module.hyplora_input_scaling[active_adapter],
+                "log_scale": scale,
+            }
+        elif form == "llr-official":
+            options = {"curvature": curvature, "norm_scale": scale}
+        else:
+            options = {"curvature": curvature}
+        return cls.branches[form](*inputs, scaling=module.scaling[active_adapter], **options)
 
     @staticmethod
     def merge_safe(module, active_adapter, orig_weight):
@@ -297,12 +396,12 @@ class HypLoraLinear(LoraLinear):
     """`lora.Linear` that gives HypLoRA configs the HypLoRA variant and plain LoRA configs stock behaviour."""
 
     adapter_layer_names = LoraLinear.adapter_layer_names + ("lora_curvature", "lora_input_scale")
-    other_param_names = LoraLinear.other_param_names + ("hyplora_curvature", "hyplora_input_scaling")
+    other_param_names = LoraLinear.other_param_names + ("hyplora_form", "hyplora_curvature", "hyplora_input_scaling")
 
     def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs):
         if "lora_curvature" not in self._modules:  # first adapter: containers that set_adapter/state_dict expect
             self.lora_curvature, self.lora_input_scale = nn.ModuleDict(), nn.ModuleDict()
-            self.hyplora_curvature, self.hyplora_input_scaling = {}, {}
+            self.hyplora_form, self.hyplora_curvature, self.hyplora_input_scaling = {}, {}, {}
         super().update_layer(adapter_name, r, lora_alpha, config=config, **kwargs)
 
     def resolve_lora_variant(self, *, config, **kwargs):
@@ -311,9 +410,9 @@ class HypLoraLinear(LoraLinear):
         return super().resolve_lora_variant(config=config, **kwargs)
 
     def curvature(self, adapter_name: str) -> torch.Tensor:
-        """K of an adapter: ``softplus(k)`` when learned, else the configured constant."""
+        """K of an adapter (every form): from its learned k (:func:`forms.curvature_from_raw`), else the constant."""
         if adapter_name in self.lora_curvature:
-            return F.softplus(self.lora_curvature[adapter_name].weight.float()).squeeze(0)
+            return forms.curvature_from_raw(self.hyplora_form[adapter_name], self.lora_curvature[adapter_name].weight)
         return torch.tensor(self.hyplora_curvature[adapter_name], device=self.lora_A[adapter_name].weight.device)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:

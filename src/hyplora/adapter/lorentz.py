@@ -35,6 +35,7 @@ import torch
 
 MAX_TANGENT_NORM = math.asinh(2.0**15)  # ~11.09: cosh stays below 2**15 + 1
 _TAYLOR_BELOW = 1e-3  # |t| under which sinhc/arsinhc use their series (error < t**4 / 100)
+_PSI_TAYLOR_BELOW = 0.1  # |t| under which arsinhc_slope uses its series
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -58,6 +59,19 @@ def arsinhc(t: torch.Tensor) -> torch.Tensor:
     small = t.abs() < _TAYLOR_BELOW
     t_safe = torch.where(small, torch.ones_like(t), t)
     return torch.where(small, 1.0 - t * t / 6.0, torch.asinh(t_safe) / t_safe)
+
+
+def arsinhc_slope(t: torch.Tensor) -> torch.Tensor:
+    r""":math:`\psi(t) = \frac{d}{dt}\operatorname{arsinhc}(t) / t = (1/\sqrt{1+t^2} - \operatorname{arsinh}(t)/t)/t^2`.
+
+    Series :math:`-1/3 + 3t^2/10 - 15t^4/56` below 0.1, where the closed form cancels.
+    """
+    small = t.abs() < _PSI_TAYLOR_BELOW
+    t_safe = torch.where(small, torch.ones_like(t), t)
+    t2 = t * t
+    series = -1.0 / 3.0 + t2 * (0.3 - t2 * (15.0 / 56.0))
+    closed = (torch.rsqrt(1.0 + t_safe * t_safe) - torch.asinh(t_safe) / t_safe) / (t_safe * t_safe)
+    return torch.where(small, series, closed)
 
 
 def _sqrt_k(k, like: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """`hyplora <verb>`: one small module per verb, each with `add_arguments(parser)` and `run(args) -> int`."""
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
 
 from hyplora.errors import InputError
@@ -39,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _library_messages_on_stderr():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.threads is not None:
             if args.threads < 1:
@@ -50,6 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"hyplora {args.verb}: error: {err}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _library_messages_on_stderr():
+    """Show the library's `logging` messages of level INFO and above on (the current) stderr while a verb runs."""
+    logger = logging.getLogger("hyplora")
+    handler, level = logging.StreamHandler(sys.stderr), logger.level
+    handler.setFormatter(logging.Formatter("hyplora: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -29,20 +29,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyplora.errors import InputError
+from hyplora.adapter.config import INPUT_SCALINGS
+from hyplora.errors import InputError, first_line
+from hyplora.files import pyplot, save_png, write_atomic
+from hyplora.harness.prompts import TEMPLATES
 
 METHODS = ("hyplora", "lora", "dora")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 CHECKPOINT_PREFIX = "checkpoint-"
 ARGS_FILE, LOSS_LOG_FILE, LOSS_PLOT_FILE = "train_args.json", "loss_log.jsonl", "loss.png"
+# the option groups of `hyplora train --help`
+_MODEL, _DATA, _OPTIMISATION, _OUTPUT = "model and adapter", "data", "optimisation", "output and checkpoints"
+logger = logging.getLogger(__name__)
 # Options a resumed run may change (hardware, bookkeeping, length); all others define the adapter,
 # the data or its order, and must match the checkpoint's.
 _RESUME_MAY_CHANGE = (
@@ -65,40 +72,116 @@ class TrainArgs:
     `curvature`, `learn_curvature` and `input_scaling` apply to `method="hyplora"` only; `None`
     means `HypLoraConfig`'s default. `max_steps > 0` overrides `epochs`. `limit` caps the number
     of training examples (taken after the validation carve-out). `batch_size` is the global batch:
-    `micro_batch_size x processes x gradient-accumulation steps`.
+    `micro_batch_size x processes x gradient-accumulation steps`. `hyplora train`'s options are generated from
+    these fields' `metadata` (help, choices, group; see `hyplora.cli.options`).
     """
 
-    model: str = "smollm2-135m"
-    data: str = "math"
-    method: str = "hyplora"
-    output_dir: str = "runs/hyplora"
-    rank: int = 32
-    alpha: float = 64.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    curvature: float | None = None
-    learn_curvature: bool | None = None
-    input_scaling: str | None = None
-    epochs: float = 3.0
-    max_steps: int = 0
-    lr: float = 3e-4
-    batch_size: int = 16
-    micro_batch_size: int = 4
-    cutoff_len: int = 256
-    warmup_steps: int = 100
-    val_size: int = 120
-    seed: int = 42
-    data_seed: int | None = None
-    limit: int | None = None
-    train_on_inputs: bool = True
-    template: str = "alpaca"
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    save_steps: int = 200
-    eval_steps: int | None = None
-    save_total_limit: int | None = 3
-    resume: bool = False
+    model: str = field(
+        default="smollm2-135m",
+        metadata={"help": "HF id, local folder, .gguf, or smollm2-135m / gemma3-270m", "group": _MODEL},
+    )
+    data: str = field(
+        default="math",
+        metadata={
+            "help": "training set name (math, commonsense, gsm8k-train, ...) or a JSON/JSONL file",
+            "group": _DATA,
+        },
+    )
+    method: str = field(default="hyplora", metadata={"help": "adapter", "choices": METHODS, "group": _MODEL})
+    output_dir: str = field(
+        default="runs/hyplora", metadata={"help": "adapter, logs and checkpoints", "group": _OUTPUT}
+    )
+    rank: int = field(default=32, metadata={"help": "adapter rank r", "group": _MODEL})
+    alpha: float = field(
+        default=64.0,
+        metadata={"help": "scaling alpha, output x alpha/r; the same for every method", "group": _MODEL},
+    )
+    dropout: float = field(default=0.05, metadata={"help": "adapter input dropout", "group": _MODEL})
+    target_modules: tuple[str, ...] = field(
+        default=DEFAULT_TARGET_MODULES,
+        metadata={
+            "help": "comma-separated linear layer names, or one regular expression over full module names",
+            "group": _MODEL,
+        },
+    )
+    curvature: float | None = field(
+        default=None,
+        metadata={"help": "hyplora: initial curvature K (default: HypLoraConfig's)", "group": _MODEL},
+    )
+    learn_curvature: bool | None = field(default=None, metadata={"help": "hyplora: train K", "group": _MODEL})
+    input_scaling: str | None = field(
+        default=None,
+        metadata={
+            "help": "hyplora: input scaling before the exponential map (default: HypLoraConfig's)",
+            "choices": INPUT_SCALINGS,
+            "group": _MODEL,
+        },
+    )
+    epochs: float = field(
+        default=3.0, metadata={"help": "training epochs", "group": _OPTIMISATION, "exclusive": "length"}
+    )
+    max_steps: int = field(
+        default=0,
+        metadata={
+            "help": "optimizer steps; overrides --epochs when > 0",
+            "group": _OPTIMISATION,
+            "exclusive": "length",
+        },
+    )
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate, linear decay", "group": _OPTIMISATION})
+    batch_size: int = field(default=16, metadata={"help": "global batch", "group": _OPTIMISATION})
+    micro_batch_size: int = field(default=4, metadata={"help": "per-process micro-batch", "group": _OPTIMISATION})
+    cutoff_len: int = field(default=256, metadata={"help": "maximum tokens per example", "group": _DATA})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps", "group": _OPTIMISATION})
+    val_size: int = field(
+        default=120, metadata={"help": "held-out validation examples carved from the data", "group": _DATA}
+    )
+    seed: int = field(
+        default=42,
+        metadata={
+            "help": "seed for adapter init, dropout, and (without --data-seed) the data",
+            "group": _OPTIMISATION,
+        },
+    )
+    data_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "seed for the mixture shuffle, the validation carve-out and the batch order, so that runs of different --seed see the same data (default: --seed)",
+            "group": _OPTIMISATION,
+        },
+    )
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "use at most this many training examples (after the validation carve-out)", "group": _DATA},
+    )
+    train_on_inputs: bool = field(
+        default=True, metadata={"help": "loss on the prompt too (LLM-Adapters' default: on)", "group": _DATA}
+    )
+    template: str = field(default="alpaca", metadata={"help": "prompt template", "choices": TEMPLATES, "group": _DATA})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto = bf16 on a bf16 GPU, else fp32", "choices": PRECISIONS, "group": _MODEL},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "trade compute for activation memory (non-reentrant)", "group": _MODEL},
+    )
+    logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps", "group": _OUTPUT})
+    save_steps: int = field(default=200, metadata={"help": "checkpoint every N steps", "group": _OUTPUT})
+    eval_steps: int | None = field(
+        default=None,
+        metadata={"help": "validation loss every N steps (default: --save-steps)", "group": _OUTPUT},
+    )
+    save_total_limit: int | None = field(
+        default=3, metadata={"help": "keep the newest N checkpoints", "group": _OUTPUT}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue from the last complete checkpoint in --output-dir",
+            "group": _OUTPUT,
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.target_modules, str):
@@ -180,16 +263,12 @@ def adapter_config(args: TrainArgs):
             return HypLoraConfig(**common, **args.hyplora_options)
         return LoraConfig(**common, use_dora=args.method == "dora")
     except ValueError as err:  # PEFT and HypLoraConfig name the bad field
-        raise InputError(f"adapter options: {str(err).splitlines()[0]}") from err
+        raise InputError(f"adapter options: {first_line(err)}") from err
 
 
 def plot_loss(log_history: list[dict], path: str | os.PathLike) -> None:
     """Training loss (per logging step) and validation loss against the optimizer step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
     val = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -200,16 +279,11 @@ def plot_loss(log_history: list[dict], path: str | os.PathLike) -> None:
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def _write_json(path: Path, value) -> None:
-    """Write atomically: a reader (or a killed job) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def _loss_log_callback(path: Path):
@@ -223,9 +297,7 @@ def _loss_log_callback(path: Path):
     class LossLog(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text("".join(json.dumps(entry) + "\n" for entry in state.log_history))
-                os.replace(tmp, path)
+                write_atomic(path, "".join(json.dumps(entry) + "\n" for entry in state.log_history))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero:
@@ -339,8 +411,6 @@ class FineTuneRecipe:
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self._precision()]
         model, self.tokenizer = load_model(self.args.model, dtype=dtype)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         model.config.use_cache = False
         if self.args.gradient_checkpointing:
             # reentrant checkpointing under DDP fails with "marked ready twice" (huggingface/peft#313)
@@ -355,7 +425,7 @@ class FineTuneRecipe:
         try:
             self.model = get_peft_model(model, adapter_config(self.args))
         except ValueError as err:  # e.g. a --target-modules pattern that matches no layer
-            raise InputError(f"--target-modules / adapter options: {str(err).splitlines()[0]}") from err
+            raise InputError(f"--target-modules / adapter options: {first_line(err)}") from err
         # the name the user gave (a hub id or packaged name), not this machine's cache path
         self.model.peft_config["default"].base_model_name_or_path = self.args.model
         if self.args.method == "hyplora":
@@ -372,7 +442,7 @@ class FineTuneRecipe:
         a = self.args
         train_set = load_train_set(a.data, seed=a.data_order_seed)
         if is_main_process():
-            print(train_set.summary(), flush=True)
+            logger.info(train_set.summary())
         train_records, val_records = split_validation(train_set.records, a.val_size, seed=a.data_order_seed)
         if a.limit is not None:
             train_records = train_records[: a.limit]
@@ -480,13 +550,12 @@ class FineTuneRecipe:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             facts = self._run_facts()
             _write_json(self.output_dir / ARGS_FILE, {"args": self.args.to_json(), "run": facts})
-            print(
-                f"hyplora train: {self.args.method} r={self.args.rank} alpha={self.args.alpha:g} on {self.args.model}:"
+            logger.info(
+                f"{self.args.method} r={self.args.rank} alpha={self.args.alpha:g} on {self.args.model}:"
                 f" {facts['trainable_params']:,} trainable params ({facts['trainable_percent']:.3f}%),"
                 f" {facts['train_examples']} train / {facts['val_examples']} validation examples,"
                 f" {self.world_size} process(es) x {self.args.micro_batch_size} x {self.gradient_accumulation_steps} accumulation"
-                + (f", resuming from {self.checkpoint.name}" if self.checkpoint else ""),
-                flush=True,
+                + (f", resuming from {self.checkpoint.name}" if self.checkpoint else "")
             )
         start = time.perf_counter()
         output = self.trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
