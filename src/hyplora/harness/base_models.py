@@ -91,7 +91,11 @@ def cache_dir() -> Path:
 
 
 def load_model(
-    name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, *, trust_remote_code: bool = False
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    *,
+    trust_remote_code: bool = False,
+    distributed_config=None,
 ):
     """Load a causal LM and its tokenizer; the model is returned in `eval()` mode.
 
@@ -100,6 +104,8 @@ def load_model(
             folder, or Hugging Face id.
         dtype (`torch.dtype`): parameter dtype. GGUF copies are cached in fp32 and cast on load.
         trust_remote_code (`bool`): allow a hub model's own Python code. Off by default.
+        distributed_config (`transformers.distributed.DistributedConfig`, *optional*): shard the model at load
+            time over the launcher's processes (FSDP2; see `hyplora.harness.distributed`).
 
     Returns:
         `(model, tokenizer)`.
@@ -112,6 +118,8 @@ def load_model(
 
     folder = model_folder(name_or_path)
     kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if distributed_config is not None:
+        kwargs["distributed_config"] = distributed_config
     if folder is not None:
         model = _checked_load(AutoModelForCausalLM.from_pretrained, str(folder), str(folder), **kwargs)
     else:
