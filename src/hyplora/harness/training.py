@@ -37,7 +37,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyplora.adapter.config import INPUT_SCALINGS
+from hyplora.adapter.config import FORM_DEFAULTS
 from hyplora.errors import InputError, first_line
 from hyplora.files import pyplot, save_png, write_atomic
 from hyplora.harness.prompts import TEMPLATES
@@ -45,6 +45,7 @@ from hyplora.harness.prompts import TEMPLATES
 METHODS = ("hyplora", "lora", "dora")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+INPUT_SCALINGS = tuple(dict.fromkeys(scaling for scalings, _, _ in FORM_DEFAULTS.values() for scaling in scalings))
 CHECKPOINT_PREFIX = "checkpoint-"
 ARGS_FILE, LOSS_LOG_FILE, LOSS_PLOT_FILE = "train_args.json", "loss_log.jsonl", "loss.png"
 # the option groups of `hyplora train --help`
