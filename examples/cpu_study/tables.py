@@ -36,7 +36,7 @@ from hyplora.files import pyplot, save_png
 
 DOCS_DIR = STUDY_DIR.parents[1] / "docs" / "results"
 LABELS = {"base": "base (no adapter)", "lora": "LoRA", "hyplora": "HypLoRA", "dora": "DoRA"}
-PAIRS = (("hyplora", "lora"), ("hyplora", "dora"), ("dora", "lora"))
+PAIRS = (("HypLoRA", "LoRA"), ("HypLoRA", "DoRA"), ("DoRA", "LoRA"))
 SEEDS = (0, 1, 2)
 
 
@@ -116,11 +116,11 @@ def accuracy_table(study: Study, groups: dict[str, list[Eval]], datasets, extra=
     return table(["", "seeds", *datasets, "pooled", "pooled per seed"], rows)
 
 
-def comparisons(study: Study, pairs: dict[str, tuple[list[Eval], list[Eval]]], datasets, n=None) -> list[str]:
+def comparisons(study: Study, pairs: dict[str, tuple[list[Eval], list[Eval]]], datasets) -> list[str]:
     """A − B on the same items: paired-bootstrap difference of the seed-averaged scores, and McNemar per seed."""
     rows = []
     for label, (a, b) in pairs.items():
-        xa, xb = study.correct(a, datasets, n), study.correct(b, datasets, n)
+        xa, xb = study.correct(a, datasets), study.correct(b, datasets)
         d = paired_bootstrap(xa.mean(0), xb.mean(0))
         tests = [mcnemar_exact(ra, rb) for ra, rb in zip(xa, xb)] if len(a) == len(b) else []
         mcnemar = "; ".join(f"{t.a_only} / {t.b_only}, p = {t.p_value:.3g}" for t in tests)
@@ -131,10 +131,9 @@ def comparisons(study: Study, pairs: dict[str, tuple[list[Eval], list[Eval]]], d
 def per_slice(study: Study, pairs: dict[str, tuple[list[Eval], list[Eval]]], datasets) -> list[str]:
     rows = []
     for label, (a, b) in pairs.items():
-        cells = [
-            diff(paired_bootstrap(study.correct(a, [d]).mean(0), study.correct(b, [d]).mean(0))) for d in datasets
-        ]
-        rows.append([label, *cells])
+        rows.append(
+            [label, *(diff(paired_bootstrap(*(study.correct(x, [d]).mean(0) for x in (a, b)))) for d in datasets)]
+        )
     return table(["A − B (points [95%])", *datasets], rows)
 
 
@@ -165,16 +164,9 @@ def by_budget(study: Study) -> dict[tuple[str, str], dict[int, list[float]]]:
     own chosen rate (the grid's `Best` lines without a variant override)."""
     found: dict = {}
     for line in GRID:
-        if (
-            isinstance(line, Train)
-            and isinstance(line.lr, Best)
-            and line.lr.variant is None
-            and (line.model, line.task) == (MODEL, "math")
-        ):
-            loss = study.loss(line)
-            if loss is not None:
-                seeds = found.setdefault((line.method, line.variant), {}).setdefault(line.budget, {})
-                seeds[line.seed] = loss
+        own_rate = isinstance(line, Train) and isinstance(line.lr, Best) and line.lr.variant is None
+        if own_rate and (line.model, line.task) == (MODEL, "math") and (loss := study.loss(line)) is not None:
+            found.setdefault((line.method, line.variant), {}).setdefault(line.budget, {})[line.seed] = loss
     return {key: {b: list(s.values()) for b, s in sorted(v.items())} for key, v in found.items()}
 
 
@@ -190,16 +182,8 @@ def budget_table(losses: dict) -> list[str]:
                 if len(values) > 1 and len(lora) > 1:
                     se = np.sqrt(np.var(values, ddof=1) / len(values) + np.var(lora, ddof=1) / len(lora))
                     gap += f" ± {se:.4f}"
-            sd = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
-            rows.append(
-                [
-                    LABELS[method] + (f" {variant}" if variant else ""),
-                    budget,
-                    len(values),
-                    f"{np.mean(values):.4f}{sd}",
-                    gap,
-                ]
-            )
+            loss = f"{np.mean(values):.4f}" + (f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else "")
+            rows.append([f"{LABELS[method]} {variant}".strip(), budget, len(values), loss, gap])
     return table(["", "training examples", "seeds", "final val loss, mean ± sd", "− LoRA ± se"], rows)
 
 
@@ -213,38 +197,24 @@ def ablation_table(study: Study) -> list[str]:
     default = study.correct(groups[""], MATH)[0]
     rows = []
     for variant, group in groups.items():
-        scores = study.correct(group, MATH)[0]
-        d = paired_bootstrap(scores, default)
-        loss = study.loss(group[0].run)
+        scores, loss = study.correct(group, MATH)[0], study.loss(group[0].run)
+        change = diff(paired_bootstrap(scores, default)) if variant else "—"
         rows.append(
-            [
-                variant or "default",
-                f"{loss:.4f}",
-                f"{loss - study.loss(groups[''][0].run):+.4f}",
-                ci(scores),
-                diff(d) if variant else "—",
-            ]
+            [variant or "default", f"{loss:.4f}", f"{loss - study.loss(groups[''][0].run):+.4f}", ci(scores), change]
         )
     return table(["variant", "final val loss", "− default", "pooled accuracy", "− default (points [95%])"], rows)
 
 
-def level_table(study: Study) -> list[str]:
+def level_table(study: Study, groups: dict[str, list[Eval]]) -> list[str]:
     """Accuracy by HypLLM difficulty level over the math slices that carry one; HypLoRA − LoRA per level."""
-    reference = study.summary(evals("base", MATH, 100)[0])["items"]
+    reference = study.summary(groups[LABELS["base"]][0])["items"]
     datasets = [d for d in MATH if "level" in reference[d]]
     levels = np.concatenate([reference[d]["level"] for d in datasets])
-    groups = {LABELS[m]: evals(m, MATH, 100, SEEDS if m != "base" else (0,)) for m in ("base", *LABELS) if m != "base"}
-    groups = {LABELS["base"]: evals("base", MATH, 100), **groups}
-    rows = []
-    for label, group in groups.items():
-        scores = study.correct(group, datasets).mean(0)
-        rows.append([label, *(ci(scores[levels == lv]) for lv in np.unique(levels))])
-    a, b = (study.correct(evals(m, MATH, 100), datasets).mean(0) for m in ("hyplora", "lora"))
+    scores = {label: study.correct(group, datasets).mean(0) for label, group in groups.items()}
+    rows = [[label, *(ci(x[levels == lv]) for lv in np.unique(levels))] for label, x in scores.items()]
+    a, b = scores["HypLoRA"], scores["LoRA"]
     rows.append(
-        [
-            "HypLoRA − LoRA (points)",
-            *(diff(paired_bootstrap(a[levels == lv], b[levels == lv])) for lv in np.unique(levels)),
-        ]
+        ["HypLoRA − LoRA", *(diff(paired_bootstrap(a[levels == lv], b[levels == lv])) for lv in np.unique(levels))]
     )
     header = ["", *(f"level {lv} (n={int(np.sum(levels == lv))})" for lv in np.unique(levels))]
     return [f"Slices with a level: {', '.join(datasets)}.", "", *table(header, rows)]
@@ -256,18 +226,10 @@ def paper_table(study: Study) -> list[str]:
         paper = study.correct(evals(method, ("svamp",), 20, (0,), "paper"), ["svamp"])[0]
         robust = study.correct(evals(method, MATH, 100, (0,)), ["svamp"], paper.size)[0]
         t = mcnemar_exact(paper, robust)
-        rows.append(
-            [
-                LABELS[method],
-                ci(paper),
-                ci(robust),
-                pct(np.mean(paper == robust)),
-                f"{t.a_only} / {t.b_only}, p = {t.p_value:.3g}",
-            ]
-        )
-    return table(
-        ["first 20 svamp items", "paper mode", "robust mode", "same verdict (%)", "only paper / only robust"], rows
-    )
+        both = f"{t.a_only} / {t.b_only}, p = {t.p_value:.3g}"
+        rows.append([LABELS[method], ci(paper), ci(robust), pct(np.mean(paper == robust)), both])
+    header = ["first 20 svamp items", "paper mode", "robust mode", "same verdict (%)", "only paper / only robust"]
+    return table(header, rows)
 
 
 def constant_answer(datasets, n: int) -> list[np.ndarray]:
@@ -302,58 +264,55 @@ def input_norm_table(results_dir: Path) -> list[str]:
 
 
 def compute_table(study: Study) -> list[str]:
-    """Wall time of the finished jobs: round one's ledger (`compute.jsonl`) and the summaries' `wall_s`."""
+    """Wall time of the finished jobs: round one's ledger (`compute.jsonl`) and, later, the summaries' `wall_s`."""
     ledger = [json.loads(line) for line in (study.dir / "compute.jsonl").read_text().splitlines() if line.strip()]
-    rows = []
-    for kind in ("train", "eval"):
-        walls = [r["wall_s"] / 60 for r in ledger if r["kind"] == kind and r["status"] == "done"]
-        every = sum(r["wall_s"] for r in ledger if r["kind"] == kind) / 3600
-        rows.append(
-            [
-                f"round one, {kind}",
-                len(walls),
-                f"{np.median(walls):.1f}",
-                f"{min(walls):.1f}–{max(walls):.1f}",
-                f"{every:.2f}",
-            ]
-        )
     later = [(job, s["wall_s"]) for job in study.jobs.values() if (s := study.summary(job)) and "wall_s" in s]
+    groups = {}
+    for kind in ("train", "eval"):
+        every = [r for r in ledger if r["kind"] == kind]
+        groups[f"round one, {kind}"] = (
+            [r["wall_s"] for r in every if r["status"] == "done"],
+            [r["wall_s"] for r in every],
+        )
     for kind in (Train, Eval):
-        walls = [w / 60 for job, w in later if isinstance(job, kind)]
-        if walls:
-            rows.append(
-                [
-                    f"later, {kind.__name__.lower()}",
-                    len(walls),
-                    f"{np.median(walls):.1f}",
-                    f"{min(walls):.1f}–{max(walls):.1f}",
-                    f"{sum(walls) / 60:.2f}",
-                ]
-            )
-    attempts = f"{len(ledger)} attempts, {sum(r['status'] != 'done' for r in ledger)} interrupted and resumed"
+        walls = [wall for job, wall in later if isinstance(job, kind)]
+        groups[f"later, {kind.__name__.lower()}"] = walls, walls
+    rows = [
+        [
+            label,
+            len(done),
+            f"{np.median(done) / 60:.1f}",
+            f"{min(done) / 60:.1f}–{max(done) / 60:.1f}",
+            f"{sum(every) / 3600:.2f}",
+        ]
+        for label, (done, every) in groups.items()
+        if done
+    ]
     header = ["jobs", "finished", "median min (finishing attempt)", "range (min)", "hours, all attempts"]
+    interrupted = sum(r["status"] != "done" for r in ledger)
     return [
-        f"Round one's ledger: {attempts}; 1 thread per job, one or two jobs at a time, on 2 cores shared with other work.",
+        f"Round one's ledger: {len(ledger)} attempts, {interrupted} interrupted and resumed; 1 thread per job, one or"
+        " two jobs at a time, on 2 cores shared with other work.",
         "",
         *table(header, rows),
     ]
 
 
+def math_groups() -> dict[str, list[Eval]]:
+    """The math evaluations of the base model and of each method's seeds at its chosen rate."""
+    return {LABELS[m]: evals(m, MATH, 100, (0,) if m == "base" else SEEDS) for m in LABELS}
+
+
+def pairs(groups: dict[str, list[Eval]], which=PAIRS) -> dict[str, tuple[list[Eval], list[Eval]]]:
+    return {f"{a} − {b}": (groups[a], groups[b]) for a, b in which}
+
+
 def write_tables(study: Study, output: Path) -> str:
-    math = {
-        LABELS[m]: evals(m, MATH, 100, (0,) if m == "base" else SEEDS) for m in ("base", "lora", "hyplora", "dora")
-    }
-    pairs = {f"{LABELS[a]} − {LABELS[b]}": (evals(a, MATH, 100), evals(b, MATH, 100)) for a, b in PAIRS}
-    same = {m: [Eval("", Train("", m, 1e-3), MATH, 100)] for m in ("lora", "hyplora", "dora")}
-    cs = {LABELS[m]: evals(m, COMMONSENSE, 100, (0,), task="commonsense") for m in ("base", "lora", "hyplora", "dora")}
-    cs_pairs = {
-        f"{LABELS[a]} − {LABELS[b]}": (
-            evals(a, COMMONSENSE, 100, (0,), task="commonsense"),
-            evals(b, COMMONSENSE, 100, (0,), task="commonsense"),
-        )
-        for a, b in PAIRS
-    }
-    gemma = {m: evals(m, MATH, 50, (0,), model=GEMMA) for m in ("base", "lora", "hyplora")}
+    math = math_groups()
+    same = {LABELS[m]: [Eval("", Train("", m, 1e-3), MATH, 100)] for m in ("lora", "hyplora", "dora")}
+    cs = {LABELS[m]: evals(m, COMMONSENSE, 100, (0,), task="commonsense") for m in LABELS}
+    gemma = {LABELS[m]: evals(m, MATH, 50, (0,), model=GEMMA) for m in ("base", "lora", "hyplora")}
+    base = LABELS["base"]
     lines = [
         "# CPU study tables",
         "",
@@ -370,15 +329,15 @@ def write_tables(study: Study, output: Path) -> str:
         *accuracy_table(study, math, MATH),
         "## 4. Math, paired differences (seed-averaged)",
         "",
-        *comparisons(study, pairs, MATH),
-        *per_slice(study, pairs, MATH),
+        *comparisons(study, pairs(math), MATH),
+        *per_slice(study, pairs(math), MATH),
         "## 5. Math at one shared rate (1e-3, seed 0)",
         "",
-        *accuracy_table(study, {LABELS[m]: e for m, e in same.items()}, MATH),
-        *comparisons(study, {f"{LABELS[a]} − {LABELS[b]}": (same[a], same[b]) for a, b in PAIRS}, MATH),
+        *accuracy_table(study, same, MATH),
+        *comparisons(study, pairs(same), MATH),
         "## 6. Math accuracy by difficulty level",
         "",
-        *level_table(study),
+        *level_table(study, math),
         "## 7. Paper mode vs robust mode (seed 0)",
         "",
         *paper_table(study),
@@ -391,22 +350,14 @@ def write_tables(study: Study, output: Path) -> str:
         "## 10. Commonsense accuracy (robust mode, 100 items per slice, seed 0)",
         "",
         *accuracy_table(study, cs, COMMONSENSE, [("most frequent answer, always", constant_answer(COMMONSENSE, 100))]),
-        *comparisons(study, cs_pairs, COMMONSENSE),
-        *per_slice(study, cs_pairs, COMMONSENSE),
+        *comparisons(study, pairs(cs), COMMONSENSE),
+        *per_slice(study, pairs(cs), COMMONSENSE),
         *loss_grid(study, ("lora", "hyplora", "dora"), (), (0,), task="commonsense"),
         "## 11. Gemma 3 270M base (math, 50 items per slice, seed 0)",
         "",
         *loss_grid(study, ("lora", "hyplora"), (1e-3, 3e-3), (0,), model=GEMMA),
-        *accuracy_table(study, {LABELS[m]: e for m, e in gemma.items()}, MATH),
-        *comparisons(
-            study,
-            {
-                "HypLoRA − LoRA": (gemma["hyplora"], gemma["lora"]),
-                "LoRA − base": (gemma["lora"], gemma["base"]),
-                "HypLoRA − base": (gemma["hyplora"], gemma["base"]),
-            },
-            MATH,
-        ),
+        *accuracy_table(study, gemma, MATH),
+        *comparisons(study, pairs(gemma, (("HypLoRA", "LoRA"), ("LoRA", base), ("HypLoRA", base))), MATH),
         "## 12. Compute",
         "",
         *compute_table(study),
@@ -493,10 +444,7 @@ def main(argv=None) -> int:
     study = Study(args.results_dir)
     write_tables(study, args.output_dir / "tables.md")
     plot_curves(study, args.output_dir / "val_loss.png")
-    groups = {
-        LABELS[m]: evals(m, MATH, 100, (0,) if m == "base" else SEEDS) for m in ("base", "lora", "hyplora", "dora")
-    }
-    plot_accuracy(study, groups, MATH, args.output_dir / "accuracy_math.png")
+    plot_accuracy(study, math_groups(), MATH, args.output_dir / "accuracy_math.png")
     losses = by_budget(study)
     if len({b for per_budget in losses.values() for b in per_budget}) > 1:
         plot_budgets(losses, args.output_dir / "val_loss_budget.png")
