@@ -60,7 +60,7 @@ def test_the_report_sets_the_embeddings_and_the_paper_against_the_null():
     summary["datasets"]["x"]["delta_null"] = null
     text = "\n".join(_null_section(summary))
     assert "| X | " in text and "null, d = 48 | null, d = 2048 | null, d = 4096 |" in text
-    assert "embeddings' per-prompt δ is 2.0-2.0 times the null" in text
+    assert "embeddings' per-prompt δ is 2.0 times the null" in text
     at_4096 = null["4096"]["mean"]
     lo, hi = PAPER_RELATIVE_DELTA
     assert f"is {lo / at_4096:.1f}-{hi / at_4096:.1f} times its null" in text

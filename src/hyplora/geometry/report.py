@@ -262,15 +262,21 @@ def _null_section(summary: dict) -> list[str]:
     lo, hi = PAPER_RELATIVE_DELTA
     lines += [
         "",
-        f"At the model's dimension (d = {dim}) these embeddings' per-prompt δ is {min(own_ratio):.1f}-{max(own_ratio):.1f} "
+        f"At the model's dimension (d = {dim}) these embeddings' per-prompt δ is {_span(own_ratio, '.1f')} "
         f"times the null. At d = {paper_dim}, the dimension of the paper's LLaMA models, structureless clouds of these "
-        f"sizes already give {min(at_paper):.3f}-{max(at_paper):.3f}, so the paper's {lo}-{hi} is "
+        f"sizes already give {_span(at_paper, '.3f')}, so the paper's {lo}-{hi} is "
         f"{lo / max(at_paper):.1f}-{hi / min(at_paper):.1f} times its null (concentration of distances alone gives "
         f"{min(at_paper) / hi:.0%}-{max(at_paper) / lo:.0%} of it). Relative δ values compare across models only against "
         "the null at the same dimension and point count (the point counts here come from this model's tokenizer, not LLaMA's).",
         "",
     ]
     return lines
+
+
+def _span(values: list[float], fmt: str) -> str:
+    """``min-max`` of ``values`` in format ``fmt``, or one value when both print the same."""
+    low, high = f"{min(values):{fmt}}", f"{max(values):{fmt}}"
+    return low if low == high else f"{low}-{high}"
 
 
 def _ratio(test: dict) -> str:
