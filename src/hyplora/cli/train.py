@@ -14,6 +14,7 @@ EPILOG = """examples:
   hyplora train --output-dir runs/smol-hyplora --resume          # after an interruption, same other flags
   torchrun --nproc_per_node 8 -m hyplora.cli train --model meta-llama/Meta-Llama-3-8B-Instruct \\
       --data math_10k.json --method hyplora --output-dir runs/llama3-hyplora
+  torchrun --nproc_per_node 2 -m hyplora.cli train --fsdp --precision bf16 ...   # FSDP2, CPU (gloo) or GPU
 """
 
 

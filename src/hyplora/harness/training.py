@@ -73,8 +73,9 @@ class TrainArgs:
     `curvature`, `learn_curvature` and `input_scaling` apply to `method="hyplora"` only; `None`
     means `HypLoraConfig`'s default. `max_steps > 0` overrides `epochs`. `limit` caps the number
     of training examples (taken after the validation carve-out). `batch_size` is the global batch:
-    `micro_batch_size x processes x gradient-accumulation steps`. `hyplora train`'s options are generated from
-    these fields' `metadata` (help, choices, group; see `hyplora.cli.options`).
+    `micro_batch_size x processes x gradient-accumulation steps`. `fsdp` shards the model over the launcher's
+    processes with FSDP2 (`hyplora.harness.distributed`). `hyplora train`'s options are generated from these
+    fields' `metadata` (help, choices, group; see `hyplora.cli.options`).
     """
 
     model: str = field(
@@ -161,11 +162,22 @@ class TrainArgs:
     template: str = field(default="alpaca", metadata={"help": "prompt template", "choices": TEMPLATES, "group": _DATA})
     precision: str = field(
         default="auto",
-        metadata={"help": "auto = bf16 on a bf16 GPU, else fp32", "choices": PRECISIONS, "group": _MODEL},
+        metadata={
+            "help": "auto = bf16 on a bf16 CUDA GPU, fp16 on an older one, fp32 on the CPU; bf16 on the CPU is autocast, fp16 needs a GPU",
+            "choices": PRECISIONS,
+            "group": _MODEL,
+        },
     )
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "trade compute for activation memory (non-reentrant)", "group": _MODEL},
+    )
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "shard the model with FSDP2 over the launcher's processes (torchrun; CPU or GPU)",
+            "group": _MODEL,
+        },
     )
     logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps", "group": _OUTPUT})
     save_steps: int = field(default=200, metadata={"help": "checkpoint every N steps", "group": _OUTPUT})
@@ -226,6 +238,15 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def _device_type() -> str:
+    """The device Trainer trains on: "cuda", "mps", else "cpu"."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -338,6 +359,7 @@ class FineTuneRecipe:
             raise InputError(f"{names}: only for --method hyplora, not {a.method}")
         if a.precision not in PRECISIONS:
             raise InputError(f"--precision {a.precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
+        self._check_precision_and_launch()
         if a.rank < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1:
             raise InputError(
                 f"need --rank >= 1, --alpha > 0 and 0 <= --dropout < 1 (got {a.rank}, {a.alpha}, {a.dropout})"
@@ -354,6 +376,24 @@ class FineTuneRecipe:
                 f"--batch-size {a.batch_size} must be a multiple of --micro-batch-size {a.micro_batch_size}"
                 f" x {self.world_size} process(es)"
             )
+
+    def _check_precision_and_launch(self) -> None:
+        import torch
+
+        from hyplora.harness.distributed import check_launch
+
+        if self.args.precision == "fp16" and _device_type() == "cpu":
+            raise InputError(
+                "--precision fp16 needs a GPU: accelerate has no fp16 autocast on the CPU and would train in fp32;"
+                " use --precision bf16 (autocast) or fp32"
+            )
+        check_launch(
+            fsdp=self.args.fsdp,
+            precision=self._precision(),
+            world_size=self.world_size,
+            resume=self.args.resume,
+            cuda=torch.cuda.is_available(),
+        )
 
     def _find_checkpoint(self) -> Path | None:
         checkpoint = last_checkpoint(self.output_dir)
@@ -402,16 +442,22 @@ class FineTuneRecipe:
 
         if self.args.precision != "auto":
             return self.args.precision
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
 
     def _setup_model(self) -> None:
         import torch
         from peft import get_peft_model
 
         from hyplora.harness.base_models import load_model
+        from hyplora.harness.distributed import distributed_config
 
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self._precision()]
-        model, self.tokenizer = load_model(self.args.model, dtype=dtype)
+        precision, sharding = self._precision(), None
+        if self.args.fsdp:  # float32 weights: FSDP's bf16 MixedPrecisionPolicy casts them for compute
+            precision, sharding = "fp32", distributed_config(world_size=self.world_size, precision=precision)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        model, self.tokenizer = load_model(self.args.model, dtype=dtype, distributed_config=sharding)
         model.config.use_cache = False
         if self.args.gradient_checkpointing:
             # reentrant checkpointing under DDP fails with "marked ready twice" (huggingface/peft#313)
@@ -427,8 +473,6 @@ class FineTuneRecipe:
             self.model = get_peft_model(model, adapter_config(self.args))
         except ValueError as err:  # e.g. a --target-modules pattern that matches no layer
             raise InputError(f"--target-modules / adapter options: {first_line(err)}") from err
-        # the name the user gave (a hub id or packaged name), not this machine's cache path
-        self.model.peft_config["default"].base_model_name_or_path = self.args.model
         if self.args.method == "hyplora":
             from hyplora import check_hyplora_layers
 
@@ -491,6 +535,7 @@ class FineTuneRecipe:
             save_strategy="steps",
             save_steps=a.save_steps,
             save_total_limit=a.save_total_limit,
+            save_only_model=a.fsdp,  # Trainer cannot checkpoint the optimizer of a model sharded at load time
             eval_strategy="steps" if has_val else "no",
             eval_steps=(a.eval_steps or a.save_steps) if has_val else None,
             seed=a.seed,
@@ -498,8 +543,8 @@ class FineTuneRecipe:
             report_to="none",
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
-            # accelerate starts a gloo process group for a CPU-only launch only when told to use the CPU
-            use_cpu=self.world_size > 1 and not torch.cuda.is_available(),
+            # on the CPU, accelerate starts a gloo process group and runs bf16 autocast only when told to use it
+            use_cpu=_device_type() == "cpu",
         )
 
     def _setup_trainer(self) -> None:
@@ -521,11 +566,14 @@ class FineTuneRecipe:
         import torch
         import transformers
 
+        from hyplora.harness.distributed import sharding_report
+
         trainable, total = self.model.get_nb_trainable_parameters()
         return {
             "world_size": self.world_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "precision": self._precision(),
+            "sharding": sharding_report(self.model),
             "trainable_params": trainable,
             "total_params": total,
             "trainable_percent": round(100 * trainable / total, 4),
