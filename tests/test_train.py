@@ -4,6 +4,7 @@ Runs on a tiny random Llama with a word-level tokenizer over the pieces of the p
 tokens per example), and a synthetic arithmetic set in the Alpaca schema, so a step is quick.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -17,10 +18,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hyplora.cli import build_parser
 from hyplora.cli import main as cli_main
+from hyplora.cli.options import dataclass_values
 from hyplora.errors import InputError
 from hyplora.harness.base_models import load_model, tiny_model
-from hyplora.harness.training import FineTuneRecipe, TrainArgs, adapter_config, last_checkpoint, train
+from hyplora.harness.training import (
+    METHODS,
+    PRECISIONS,
+    FineTuneRecipe,
+    TrainArgs,
+    adapter_config,
+    last_checkpoint,
+    train,
+)
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # Small but real: 2 epochs of 6 steps (48 examples, global batch 8), checkpoints every 4 steps.
@@ -162,6 +173,19 @@ def test_every_method_gets_the_same_alpha_and_the_paper_defaults():
     assert (defaults.cutoff_len, defaults.warmup_steps, defaults.val_size) == (256, 100, 120)
 
 
+def test_cli_options_are_the_train_args():
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    actions = {action.dest: action for action in train_parser._actions}
+    for option in dataclasses.fields(TrainArgs):
+        action = actions[option.name]
+        assert action.help.startswith(option.metadata["help"]) and action.default == option.default
+        assert action.choices == option.metadata.get("choices")
+    assert actions["method"].choices == METHODS and actions["precision"].choices == PRECISIONS
+    parsed = train_parser.parse_args(["--target-modules", "q_proj,v_proj", "--no-train-on-inputs"])
+    expected = dataclasses.replace(TrainArgs(), target_modules=("q_proj", "v_proj"), train_on_inputs=False)
+    assert TrainArgs(**dataclass_values(TrainArgs, parsed)) == expected
+
+
 def test_bad_curvature_is_an_input_error():
     with pytest.raises(InputError, match="curvature"):
         adapter_config(TrainArgs(curvature=-1.0))
@@ -173,7 +197,6 @@ def test_train_writes_a_loadable_adapter_and_lowers_validation_loss(tiny_model_d
     from PIL import Image
 
     from hyplora import load_adapter
-    from hyplora.harness.base_models import load_model
 
     out = train(_args(tiny_model_dir, arithmetic_data, tmp_path / "run", learn_curvature=True))
     names = {path.name for path in out.iterdir()}
@@ -360,8 +383,6 @@ def test_ddp_two_processes_save_the_single_process_adapter(tiny_model_dir, arith
 def test_target_modules_accept_names_or_one_regular_expression(tiny_model_dir, tmp_path):
     from peft import get_peft_model
 
-    from hyplora.harness.base_models import load_model
-
     pattern = r".*layers\.0\..*(q_proj|v_proj)"
     args = _args(tiny_model_dir, "unused", tmp_path, target_modules=pattern)
     assert args.peft_target_modules == pattern
@@ -380,7 +401,7 @@ def test_target_modules_accept_names_or_one_regular_expression(tiny_model_dir, t
 
     recipe = FineTuneRecipe(_args(tiny_model_dir, "unused", tmp_path, target_modules="q_proj,qkv_proj"))
     with pytest.raises(InputError, match="--target-modules qkv_proj: no such layer"):
-        recipe._setup_model()
+        recipe.setup()
 
 
 def test_resume_refuses_changed_adapter_options_and_warns_on_a_new_length(tmp_path):
@@ -399,8 +420,7 @@ def test_resume_refuses_changed_adapter_options_and_warns_on_a_new_length(tmp_pa
 def test_data_seed_gives_every_seed_the_same_validation_split(tiny_model_dir, arithmetic_data, tmp_path):
     def split(**overrides):
         recipe = FineTuneRecipe(_args(tiny_model_dir, arithmetic_data, tmp_path / "run", **overrides))
-        recipe.tokenizer = load_model(tiny_model_dir)[1]
-        recipe._setup_data()
+        recipe.setup()
         return [example["input_ids"] for example in recipe.val_dataset], [
             example["input_ids"] for example in recipe.train_dataset
         ]

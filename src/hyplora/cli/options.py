@@ -29,9 +29,13 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[s
             continue
         target = parser
         if "group" in meta:
-            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            target = groups[meta["group"]]
         if "exclusive" in meta:
-            target = exclusive.setdefault(meta["exclusive"], target.add_mutually_exclusive_group())
+            if meta["exclusive"] not in exclusive:
+                exclusive[meta["exclusive"]] = target.add_mutually_exclusive_group()
+            target = exclusive[meta["exclusive"]]
         target.add_argument("--" + option.name.replace("_", "-"), **_argument(option, hints[option.name]))
     return exclusive
 
