@@ -7,6 +7,7 @@ Same tiny Llama, word-level tokenizer and arithmetic data as tests/test_train.py
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import test_train
@@ -62,15 +63,25 @@ def test_launches_that_would_not_shard_fail_in_one_line(tmp_path, monkeypatch, o
     assert "\n" not in str(err.value)
 
 
+ACCELERATE = ["-m", "accelerate.commands.launch", "--num_processes", "2"]
+RECIPE = Path(__file__).parents[1] / "examples" / "recipes" / "accelerate_fsdp2.yaml"
+FSDP2_RECIPE = ["--config_file", str(RECIPE), "--mixed_precision", "no"]
+
+
 @pytest.mark.slow
-def test_accelerate_cpu_launch_of_two_processes_is_refused(tmp_path):
-    """`accelerate launch --cpu --num_processes 2` starts one process; `hyplora train` says so instead of training."""
-    launched = _launch(
-        ["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "-m", "hyplora.cli", "train"]
-        + ["--output-dir", str(tmp_path / "run")]
-    )
+@pytest.mark.parametrize(
+    "launcher, message",
+    [
+        # its CPU launcher starts one process
+        ([*ACCELERATE, "--cpu"], "accelerate launch --cpu --num_processes N started one process"),
+        # two processes, but accelerate would drop FSDP on the CPU and run DDP
+        ([*ACCELERATE, *FSDP2_RECIPE], "accelerate's FSDP config without a CUDA GPU would train with DDP"),
+    ],
+)
+def test_accelerate_launches_that_would_not_shard_are_refused(tmp_path, launcher, message):
+    launched = _launch([*launcher, "-m", "hyplora.cli", "train", "--output-dir", str(tmp_path / "run")])
     assert launched.returncode != 0
-    assert "hyplora train: error: accelerate launch --cpu --num_processes N started one process" in launched.stderr
+    assert f"hyplora train: error: {message}" in launched.stderr
     assert not (tmp_path / "run").exists()
 
 
