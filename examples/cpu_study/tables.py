@@ -290,9 +290,11 @@ def compute_table(study: Study) -> list[str]:
     ]
     header = ["jobs", "finished", "median min (finishing attempt)", "range (min)", "hours, all attempts"]
     interrupted = sum(r["status"] != "done" for r in ledger)
+    loads = [r["load_start"][1] for r in ledger]
     return [
         f"Round one's ledger: {len(ledger)} attempts, {interrupted} interrupted and resumed; 1 thread per job, one or"
-        " two jobs at a time, on 2 cores shared with other work.",
+        f" two jobs at a time, on 2 cores shared with other work (5-minute load at job starts {min(loads):.1f}–"
+        f"{max(loads):.1f}).",
         "",
         *table(header, rows),
     ]
