@@ -12,7 +12,7 @@ pytest.importorskip("lm_eval")
 from peft import get_peft_model  # noqa: E402
 
 from hyplora import HypLoraConfig, load_adapter  # noqa: E402
-from hyplora.cli import main  # noqa: E402
+from hyplora.cli import build_parser, main  # noqa: E402
 from hyplora.errors import InputError  # noqa: E402
 from hyplora.harness.base_models import load_model, tiny_model  # noqa: E402
 from hyplora.harness.data import TEST_SETS, load_test_set  # noqa: E402
@@ -103,6 +103,12 @@ def test_the_command_adds_the_task_folder_and_refuses_a_second_include_path():
     assert lm_eval_argv([]) == [] and lm_eval_argv(["--help"]) == ["--help"]
     with pytest.raises(InputError, match="--include_path"):
         lm_eval_argv(["--tasks", "x", "--include_path", "/elsewhere"])
+
+
+def test_the_verb_keeps_its_own_leading_threads_option_and_passes_the_rest_verbatim():
+    args = build_parser().parse_args(["lm-eval", "--threads", "1", "--model", "hf", "--threads", "x", "ls"])
+    assert args.threads == 1 and args.lm_eval_args == ["--model", "hf", "--threads", "x", "ls"]
+    assert build_parser().parse_args(["lm-eval", "run", "--tasks", "t"]).lm_eval_args == ["run", "--tasks", "t"]
 
 
 def _loglikelihood(model, tokenizer, context: str, continuation: str) -> float:

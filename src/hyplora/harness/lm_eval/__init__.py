@@ -36,7 +36,8 @@ def lm_eval_argv(args: list[str]) -> list[str]:
     if any(arg == "--include_path" or arg.startswith("--include_path=") for arg in args):
         raise InputError(
             "--include_path: lm-eval takes one include path and `hyplora lm-eval` passes the hyplora tasks "
-            f"folder ({TASKS_DIR}); copy your task YAMLs there or run `lm-eval` itself after importing hyplora"
+            f"folder ({TASKS_DIR}); for your own tasks too, call lm_eval.simple_evaluate(..., task_manager="
+            "TaskManager(include_path=[hyplora.harness.lm_eval.TASKS_DIR, YOUR_DIR])) after `import hyplora.harness.lm_eval`"
         )
     if not args or args[0] in ("-h", "--help"):
         return list(args)
