@@ -4,6 +4,7 @@ The branch must compute in float32 whatever autocast says, return the frozen lay
 for input norms from 0 to the dtype's largest finite value.
 """
 
+import math
 import os
 from collections import OrderedDict
 
@@ -13,7 +14,8 @@ from peft import get_peft_model
 from torch import nn
 
 from hyplora import HypLoraConfig
-from hyplora.adapter.layer import hyplora_forward, hyplora_forward_literal
+from hyplora.adapter.layer import HypLoraLinear, hyplora_forward, hyplora_forward_literal
+from hyplora.harness.base_models import tiny_model
 
 DEVICE = torch.device(os.environ.get("HYPLORA_TEST_DEVICE", "cpu"))
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -142,3 +144,90 @@ def test_finite_from_zero_to_the_largest_finite_input(model_dtype, autocast_name
     grads = torch.autograd.grad(out.float().sum(), leaves)
     for name, grad in zip(["x", "A", "B", "K", "s"], grads):
         assert torch.isfinite(grad).all(), name
+
+
+# -- real trainers under bf16 autocast on the CPU ----------------------------------------------------------------
+def _autocast_probe(model):
+    """Record (autocast on?, autocast dtype, output dtype) of the first adapted layer at each forward."""
+    seen = []
+    layer = next(module for module in model.modules() if isinstance(module, HypLoraLinear))
+
+    def hook(module, inputs, output):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), output.dtype))
+
+    layer.register_forward_hook(hook)
+    return seen
+
+
+def _adapter_snapshot(model) -> dict:
+    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _assert_trained(before: dict, model, loss):
+    assert math.isfinite(loss)
+    after = _adapter_snapshot(model)
+    assert after.keys() == before.keys() and len(before) > 0
+    assert all(torch.isfinite(value).all() for value in after.values())
+    assert any(not torch.equal(after[name], before[name]) for name in before if "lora_B" in name)
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.bfloat16])
+def test_one_trainer_step_with_bf16_on_the_cpu(tmp_path, model_dtype):
+    from transformers import Trainer, TrainingArguments
+
+    model = get_peft_model(
+        tiny_model("llama", vocab_size=128).to(model_dtype),
+        HypLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], learn_curvature=True),
+    )
+    probe, before = _autocast_probe(model), _adapter_snapshot(model)
+    ids = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    args = TrainingArguments(
+        tmp_path,
+        bf16=True,
+        use_cpu=True,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to="none",
+        save_strategy="no",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=[{"input_ids": row, "labels": row} for row in ids])
+    loss = trainer.train().training_loss
+    assert probe and probe[0] == (True, torch.bfloat16, torch.bfloat16)  # Trainer ran the step under bf16 autocast
+    _assert_trained(before, model, loss)
+
+
+@pytest.mark.slow
+def test_one_trl_sft_step_with_its_default_config(tmp_path, smollm2_tokenizer):
+    """TRL's SFTConfig turns bf16 on by default; on the CPU it takes `use_cpu=True` (else transformers refuses)."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from hyplora import check_hyplora_layers
+
+    config = trl.SFTConfig(tmp_path, use_cpu=True, max_steps=1, per_device_train_batch_size=2, report_to="none")
+    assert config.bf16  # the default under test
+    texts = ["The answer is 4 because 2 + 2 = 4.", "Paris is the capital of France.", "7 times 6 is 42."]
+    trainer = trl.SFTTrainer(
+        model=tiny_model("llama"),
+        args=config,
+        train_dataset=Dataset.from_dict({"text": texts}),
+        processing_class=smollm2_tokenizer,
+        peft_config=HypLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    check_hyplora_layers(trainer.model)  # TRL built the PEFT model from our config
+    probe, before = _autocast_probe(trainer.model), _adapter_snapshot(trainer.model)
+    loss = trainer.train().training_loss
+    assert probe and probe[0][:2] == (True, torch.bfloat16)
+    _assert_trained(before, trainer.model, loss)
+
+
+@pytest.mark.parametrize(
+    "cuda, bf16_supported, expected", [(True, True, "bf16"), (True, False, "fp16"), (False, False, "fp32")]
+)
+def test_auto_precision_is_what_a_gpu_user_expects(monkeypatch, tmp_path, cuda, bf16_supported, expected):
+    from hyplora.harness.training import FineTuneRecipe, TrainArgs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    assert FineTuneRecipe(TrainArgs(output_dir=str(tmp_path / "run")))._precision() == expected
