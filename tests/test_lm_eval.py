@@ -2,6 +2,7 @@
 on a tiny model with a HypLoRA adapter (log-likelihoods checked against `hyplora.load_adapter`), the math scoring."""
 
 import json
+import sys
 from collections import Counter
 
 import pytest
@@ -176,3 +177,11 @@ def test_hyplora_lm_eval_runs_a_10_item_task_with_the_adapter_attached(tmp_path,
     logged = float(samples[0]["resps"][0][0][0])
     assert logged == pytest.approx(_loglikelihood(adapted, tokenizer, first["arg_0"], first["arg_1"]), abs=1e-3)
     assert abs(logged - _loglikelihood(base, tokenizer, first["arg_0"], first["arg_1"])) > 1e-2
+
+
+def test_without_lm_eval_the_verb_says_how_to_install_it(monkeypatch, capsys):
+    for name in [name for name in sys.modules if name.startswith(("lm_eval", "hyplora.harness.lm_eval"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # what an environment without lm-eval imports
+    assert main(["lm-eval", "--tasks", "hyplora_obqa"]) == 2
+    assert "pip install 'hyplora[lm-eval]'" in capsys.readouterr().err
