@@ -121,7 +121,8 @@ def load_model(
     if distributed_config is not None:
         kwargs["distributed_config"] = distributed_config
     if folder is not None:
-        model = _checked_load(AutoModelForCausalLM.from_pretrained, str(folder), str(folder), **kwargs)
+        # the absolute folder becomes the model's name_or_path, which PEFT records as an adapter's base
+        model = _checked_load(AutoModelForCausalLM.from_pretrained, str(folder), str(folder.resolve()), **kwargs)
     else:
         model = _load_from_hub(AutoModelForCausalLM.from_pretrained, str(name_or_path), **kwargs)
     tokenizer = load_tokenizer(folder if folder is not None else name_or_path, trust_remote_code=trust_remote_code)
