@@ -11,7 +11,7 @@ Methods, all greedy with 256 new tokens on SmolLM2-135M-Instruct (`load_model("s
   whole slice is estimated: measured seconds per token-forward x the token-forwards the slice needs
   (an item with prompt P and T new tokens runs T forwards over P, P+1, ..., P+T-1 tokens).
 - ``hf-batch16``: a plain batched loop: `model.generate` with the KV cache on left-padded batches of 16
-  in file order (the "~17x" of the issue), on the whole slice.
+  in file order, on the whole slice.
 
 ``hyplora`` and ``hf-batch16`` alternate `--repeats` times and the table shows medians, with the load
 average at the start of each run: on a shared machine the load drifts during a run of minutes.

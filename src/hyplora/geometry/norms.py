@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from hyplora.errors import InputError
+from hyplora.errors import InputError, first_line
 
-# After the paper's groups (reference notes, section 5): general to specific.
+# After the paper's word groups G1-G4 (docs/analysis/README.md): general to specific.
 DEFAULT_GROUPS: dict[str, list[str]] = {
     "G1 function words": ["the", "to", "in", "is", "of", "and", "a", "for", "on", "that", "with", "it"],
     "G2 how/much/many": ["how", "much", "many"],
@@ -134,7 +134,7 @@ def load_groups(path: str | Path) -> dict[str, list[str]]:
     try:
         groups = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read word groups ({type(err).__name__}: {err})".splitlines()[0]) from None
+        raise InputError(f"{path}: cannot read word groups ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(groups, dict) or not groups:
         raise InputError(f"{path}: expected a non-empty JSON object of group name -> list of words")
     for name, words in groups.items():

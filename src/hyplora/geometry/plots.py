@@ -8,14 +8,13 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.ticker import FormatStrFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+from hyplora.files import pyplot, save_png
+from hyplora.geometry.frequency import PowerLawFit, fitted_rank_curve, rank_frequency
 
-from hyplora.geometry.frequency import PowerLawFit, fitted_rank_curve, rank_frequency  # noqa: E402
+plt = pyplot()
 
 _DPI = 90
 _CLOUD_COLOURS = {"embeddings": "tab:blue", "gaussian": "tab:orange", "shuffled": "tab:green"}
@@ -31,10 +30,7 @@ def _panel_grid(count: int, panel_size=(3.6, 3.0)):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=_DPI)
 
 
 def plot_rank_frequency(panels: Mapping[str, tuple[Sequence[int], PowerLawFit] | str], path: Path) -> Path:

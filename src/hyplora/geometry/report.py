@@ -8,7 +8,8 @@ from hyplora.geometry.datasets import PAPER_DATASETS
 from hyplora.geometry.null import PAPER_DIMENSIONS
 from hyplora.geometry.pipeline import AnalysisResult
 
-# The paper's reported values (reference notes, section 6; third-party, not verified against the paper).
+# The paper's reported values, from third-party notes on its second release (not verified against the paper;
+# see docs/analysis/README.md).
 PAPER_RELATIVE_DELTA = (0.06, 0.12)
 PAPER_POWER_LAW_ALPHA = 1.9
 
