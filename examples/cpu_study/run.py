@@ -190,6 +190,9 @@ def main(argv=None) -> int:
     failed = run_grid(
         GRID, args.work_dir, args.results_dir, stages=args.stage, jobs=args.jobs, levels_dir=args.levels_dir
     )
+    jobs, pending = expand(GRID, args.results_dir, args.stage)
+    done = sum(state(job, args.results_dir) == "done" for job in jobs)
+    print(f"{done} of {len(jobs)} jobs done; {len(pending)} grid lines wait for their learning rate")
     if failed:
         print(f"failed (see {args.work_dir / 'logs'}): {', '.join(sorted(failed))}", file=sys.stderr)
     return 1 if failed else 0
