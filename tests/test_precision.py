@@ -52,22 +52,22 @@ def exactly_representable_weights(shape, dtype):
     return torch.linspace(-1, 1, int(torch.tensor(shape).prod())).reshape(shape).to(torch.bfloat16).to(dtype)
 
 
-@pytest.mark.parametrize("input_scaling", ["unit", "rms", "none"])
-@pytest.mark.parametrize("autocast_name", list(AUTOCASTS))
-@pytest.mark.parametrize("model_dtype", list(DTYPES))
-def test_forward_and_gradients_equal_the_float32_literal_form(model_dtype, autocast_name, input_scaling):
+def branch_errors(model_dtype: str, autocast_name: str, input_scaling: str) -> dict[str, tuple[float, float]]:
+    """Max |error| of the fused branch against the float32 literal form, and its tolerance, per output: `forward`
+    (the branch's share of the layer output), `dx` (its share of x's gradient), `dA`, `dB`, `dK`, `ds` (the
+    adapter's gradients). Forward and dx are held to the model dtype's rounding at their scale, the adapter's
+    float32 gradients to 1e-4 of theirs. benchmarks/precision_matrix.py prints these for every cell."""
     dtype, amp = DTYPES[model_dtype], AUTOCASTS[autocast_name]
     model, layer = hyplora_linear(dtype, input_scaling)
     x = (torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1)) * 3).to(DEVICE, dtype).requires_grad_()
     with autocast(amp):
         out = model(x)
         result = layer.base_layer(x)
-    expected_dtype = result.dtype  # the frozen layer's output dtype under this autocast
-    assert out.dtype == expected_dtype
+    assert out.dtype == result.dtype  # the frozen layer's output dtype under this autocast
     params = {
         "A": layer.lora_A["default"].weight,
         "B": layer.lora_B["default"].weight,
-        "k": layer.lora_curvature["default"].weight,
+        "K": layer.lora_curvature["default"].weight,
     }
     if input_scaling != "none":
         params["s"] = layer.lora_input_scale["default"].weight
@@ -83,28 +83,37 @@ def test_forward_and_gradients_equal_the_float32_literal_form(model_dtype, autoc
         x32,
         leaves["A"],
         leaves["B"],
-        sqrt_k=torch.nn.functional.softplus(leaves["k"]).squeeze(0).sqrt(),
+        sqrt_k=torch.nn.functional.softplus(leaves["K"]).squeeze(0).sqrt(),
         scaling=layer.scaling["default"],
         input_scaling=input_scaling,
         log_scale=leaves.get("s"),
     )
     want_grads = torch.autograd.grad((literal * weights.float()).sum(), [x32, *leaves.values()])
 
-    delta = out.float() - result.float()
+    def max_error(got, want) -> float:
+        return (got.float() - want).abs().max().item()
+
     out_eps = torch.finfo(out.dtype).eps
-    torch.testing.assert_close(delta, literal, rtol=0, atol=2 * out_eps * out.float().abs().max().item() + 1e-6)
-    got_x, want_x = grads[0].float() - base_grad_x.float(), want_grads[0]  # the branch's share
-    x_scale = grads[0].float().abs().max().item()  # both terms are rounded to the model dtype at this size
-    torch.testing.assert_close(got_x, want_x, rtol=0, atol=X_GRAD_RTOL[dtype] * x_scale)
+    x_scale = grads[0].float().abs().max().item()  # the branch's and the base's shares are rounded at this size
+    errors = {
+        "forward": (
+            max_error(out.float() - result.float(), literal),
+            2 * out_eps * out.float().abs().max().item() + 1e-6,
+        ),
+        "dx": (max_error(grads[0].float() - base_grad_x.float(), want_grads[0]), X_GRAD_RTOL[dtype] * x_scale),
+    }
     for name, got, want in zip(params, grads[1:], want_grads[1:]):
         assert got.dtype == torch.float32, name
-        torch.testing.assert_close(
-            got,
-            want,
-            rtol=0,
-            atol=PARAM_GRAD_RTOL * want.abs().max().item() + 1e-6,
-            msg=lambda m, name=name: f"{name}: {m}",
-        )
+        errors[f"d{name}"] = (max_error(got, want), PARAM_GRAD_RTOL * want.abs().max().item() + 1e-6)
+    return errors
+
+
+@pytest.mark.parametrize("input_scaling", ["unit", "rms", "none"])
+@pytest.mark.parametrize("autocast_name", list(AUTOCASTS))
+@pytest.mark.parametrize("model_dtype", list(DTYPES))
+def test_forward_and_gradients_equal_the_float32_literal_form(model_dtype, autocast_name, input_scaling):
+    for name, (error, tolerance) in branch_errors(model_dtype, autocast_name, input_scaling).items():
+        assert error <= tolerance, f"{name}: max error {error:.3g} > tolerance {tolerance:.3g}"
 
 
 @pytest.mark.parametrize("input_scaling", ["unit", "rms", "none"])
