@@ -21,7 +21,12 @@ Agreement: greedy predictions of ``hyplora`` against ``reference`` on its items 
 Rates: items/s, generated tokens/s, and the matmul-bound token rate = measured peak fp32 matmul
 FLOP/s / (2 x parameters), all measured in this run. Check `uptime` first: the machine is shared.
 
+--profile-step B: instead, the time of one greedy decoding step at batch B split by module (attention core,
+q/k/v/o projections, MLP, norms, LM head, the adapter branch with --adapter lora|hyplora, rank 32 on the
+training defaults' targets, random weights, unmerged), with torch.profiler's top operators.
+
     python benchmarks/bench_eval.py --threads 1          # the figures in benchmarks/README-eval.md
+    python benchmarks/bench_eval.py --threads 1 --profile-step 64 --adapter hyplora
     python benchmarks/bench_eval.py --items 128 --batch-size 64 32 --reference-items 2 --check-items 16
 """
 
@@ -41,7 +46,7 @@ from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_test_set
 from hyplora.harness.evaluation import EvalOptions, evaluate, read_items
 from hyplora.harness.extraction import extract_answer
-from hyplora.harness.generation import generate_greedy
+from hyplora.harness.generation import _forward_kwargs, _left_padded, generate_greedy, new_cache
 from hyplora.harness.prompts import RESPONSE_SPLIT, eval_prompt
 
 
@@ -174,6 +179,106 @@ def paper_response(tokenizer, record, tokens) -> str:
     return tokenizer.decode(prompt_ids + tokens).split(RESPONSE_SPLIT)[1].strip()
 
 
+def adapted(model, adapter: str):
+    """`model` with a rank-32 LoRA or HypLoRA adapter (random weights, unmerged) on the training defaults' targets."""
+    if adapter == "none":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    from hyplora import HypLoraConfig
+    from hyplora.harness.training import DEFAULT_TARGET_MODULES
+
+    config_class = HypLoraConfig if adapter == "hyplora" else LoraConfig
+    config = config_class(r=32, lora_alpha=64, target_modules=list(DEFAULT_TARGET_MODULES), init_lora_weights=False)
+    return get_peft_model(model, config).eval()
+
+
+@torch.inference_mode()
+def profile_step(model, tokenizer, records, batch: int, context_steps: int = 100, steps: int = 20) -> None:
+    """Median time of one greedy decoding step at `batch` rows after `context_steps` steps, split by module."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cache_kwarg, _ = _forward_kwargs(model)
+    prompts = [tokenizer(eval_prompt(r["instruction"]))["input_ids"] for r in records[:batch]]
+    ids, mask = _left_padded(prompts, tokenizer.pad_token_id, "cpu")
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = new_cache(model, ids.shape[1] + context_steps + 2 * steps + 2)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_kwarg: cache}).logits
+    state = {"mask": mask, "positions": positions[:, -1:], "next": logits[:, -1].argmax(-1)}
+
+    def step():
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(prompts), 1))], 1)
+        state["positions"] = state["positions"] + 1
+        out = model(
+            input_ids=state["next"][:, None],
+            attention_mask=state["mask"],
+            position_ids=state["positions"],
+            **{cache_kwarg: cache},
+        )
+        state["next"] = out.logits[:, -1].max(-1).indices
+
+    for _ in range(context_steps):
+        step()
+    spent, started = defaultdict(float), {}
+    groups = {"q_proj": "q/k/v/o projections", "k_proj": "q/k/v/o projections", "v_proj": "q/k/v/o projections"}
+    groups |= {"o_proj": "q/k/v/o projections", "self_attn": "attention incl. projections", "mlp": "MLP"}
+    groups |= {"input_layernorm": "norms", "post_attention_layernorm": "norms", "norm": "norms", "lm_head": "LM head"}
+    handles = []
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        key = "base of adapted" if leaf == "base_layer" else groups.get(leaf)
+        if key is None:
+            continue
+        if hasattr(module, "base_layer"):  # an adapted linear: base + branch, timed as a whole too
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda m, a: started.__setitem__(("adapted", id(m)), time.perf_counter())
+                )
+            )
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, o: spent.__setitem__(
+                        "adapted", spent["adapted"] + time.perf_counter() - started.pop(("adapted", id(m)))
+                    )
+                )
+            )
+        handles.append(
+            module.register_forward_pre_hook(lambda m, a, k=key: started.__setitem__((k, id(m)), time.perf_counter()))
+        )
+        handles.append(
+            module.register_forward_hook(
+                lambda m, a, o, k=key: spent.__setitem__(k, spent[k] + time.perf_counter() - started.pop((k, id(m))))
+            )
+        )
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    for handle in handles:
+        handle.remove()
+    total = sum(times)
+    spent["attention core (SDPA)"] = spent.pop("attention incl. projections") - spent["q/k/v/o projections"]
+    branch = spent.pop("adapted", 0.0) - spent.pop("base of adapted", 0.0)
+    spent["rest (embedding, rotary, mask, argmax, Python)"] = total - sum(spent.values())
+    if branch:
+        spent["adapter branch (inside the projections and MLP)"] = branch
+    context = state["mask"].shape[1]
+    print(
+        f"one greedy step, batch {len(prompts)}, context {context}, {torch.get_num_threads()} thread(s): "
+        f"median {1000 * statistics.median(times):.1f} ms ({len(prompts) / statistics.median(times):.0f} tok/s); "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+    for key, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+        print(f"  {key:48s} {1000 * seconds / steps:8.1f} ms  {100 * seconds / total:5.1f}%")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=64, help="SVAMP items (default: %(default)s)")
@@ -195,6 +300,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="only to check this script quickly")
+    parser.add_argument("--profile-step", type=int, default=0, help="profile one decoding step at this batch")
+    parser.add_argument("--adapter", choices=("none", "lora", "hyplora"), default="none", help="for --profile-step")
     args = parser.parse_args()
     budget = args.max_new_tokens
 
@@ -202,6 +309,11 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     load_before = os.getloadavg()
     model, tokenizer = load_model("smollm2-135m")
+    if args.profile_step:
+        profile_step(
+            adapted(model, args.adapter), tokenizer, load_test_set("svamp", args.profile_step), args.profile_step
+        )
+        return
     params = sum(p.numel() for p in model.parameters())
     records = load_test_set("svamp", args.items)
     prompt_lengths = [len(ids) for ids in tokenizer([eval_prompt(r["instruction"]) for r in records])["input_ids"]]
