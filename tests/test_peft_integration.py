@@ -19,6 +19,7 @@ from hyplora.errors import InputError
 from hyplora.harness.base_models import tiny_model
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+FORMS = ["seed", "llr", "llr-official", "stereographic"]
 
 
 class MLP(nn.Module):
@@ -40,8 +41,10 @@ def randomize_adapters(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_" in name:
+            if "lora_" in name and p.numel() > 1:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            elif "lora_" in name:  # a scalar (k, s): moved, but kept where its form is defined (s, k > 0)
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 def input_ids(batch=2, seq=12, seed=0):
@@ -58,6 +61,14 @@ CASES = [  # (name, model builder, config kwargs, input builder)
         {"learn_curvature": True, "curvature": 0.5},
         input_ids,
     ),
+    ("llama-llr", lambda: tiny_model("llama", vocab_size=1024), {"form": "llr"}, input_ids),
+    ("gemma-llr-official", lambda: tiny_model("gemma", vocab_size=1024), {"form": "llr-official"}, input_ids),
+    (
+        "mlp-stereographic",
+        MLP,
+        {"target_modules": ["lin0", "lin1"], "form": "stereographic"},
+        lambda: torch.randn(3, 10),
+    ),
 ]
 
 
@@ -73,16 +84,18 @@ def test_injection_shapes_and_identity_at_init(name, build, kwargs, make_input):
     inputs = make_input()
     expected = outputs(base, inputs)
     model = get_peft_model(copy.deepcopy(base), hyp_config(**kwargs))
+    config = model.peft_config["default"]
+    time = int(config.form == "seed")  # the seed's time columns; the other forms have LoRA's shapes
     layers = [m for m in model.modules() if isinstance(m, HypLoraLinear)]
     assert layers and check_hyplora_layers(model) == len(layers)
     for layer in layers:
-        assert layer.lora_A["default"].weight.shape == (4, layer.in_features + 1)
-        assert layer.lora_B["default"].weight.shape == (layer.out_features, 5)
+        assert layer.lora_A["default"].weight.shape == (4, layer.in_features + time)
+        assert layer.lora_B["default"].weight.shape == (layer.out_features, 4 + time)
         assert not layer.lora_B["default"].weight.any()
     assert torch.equal(outputs(model, inputs), expected)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert any("lora_curvature" in n for n in trainable) == kwargs.get("learn_curvature", False)
+    assert any("lora_curvature" in n for n in trainable) == config.learn_curvature
 
 
 @pytest.mark.parametrize("name,build,kwargs,make_input", CASES, ids=[c[0] for c in CASES])
@@ -96,8 +109,9 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, name, build, kwargs, make_i
     model.save_pretrained(tmp_path)
     assert (tmp_path / "adapter_model.safetensors").is_file() and not (tmp_path / "adapter_model.bin").exists()
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert any("lora_curvature" in k for k in saved) == kwargs.get("learn_curvature", False)
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["use_hyplora"] is True
+    assert any("lora_curvature" in k for k in saved) == model.peft_config["default"].learn_curvature
+    saved_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved_config["use_hyplora"] is True and saved_config["form"] == kwargs.get("form", "seed")
 
     reloaded = load_adapter(copy.deepcopy(base), tmp_path)
     assert torch.equal(outputs(reloaded, inputs), expected)
@@ -132,11 +146,12 @@ def test_load_adapter_errors_name_the_problem(tmp_path):
         load_adapter(MLP(), tmp_path / "bad")
 
 
-def test_several_adapters_switch_disable_and_mix_in_one_batch(tmp_path):
+@pytest.mark.parametrize("form", FORMS)
+def test_several_adapters_switch_disable_and_mix_in_one_batch(tmp_path, form):
     base = tiny_model("llama", vocab_size=1024)
     ids = input_ids(batch=3)
     base_logits = outputs(base, ids)
-    model = get_peft_model(copy.deepcopy(base), hyp_config(), adapter_name="hyp1")
+    model = get_peft_model(copy.deepcopy(base), hyp_config(form=form), adapter_name="hyp1")
     model.add_adapter("hyp2", hyp_config(input_scaling="none", curvature=2.0))
     model.add_adapter("plain", LoraConfig(r=4, target_modules=TARGETS))
     randomize_adapters(model)
@@ -165,9 +180,18 @@ def test_several_adapters_switch_disable_and_mix_in_one_batch(tmp_path):
     assert torch.equal(outputs(fresh, ids), single["plain"])
 
 
-def test_training_lowers_the_loss_learns_curvature_and_keeps_the_base_frozen(tmp_path):
+TRAINED = {  # form -> config kwargs
+    "seed": {"learn_curvature": True, "input_scaling": "unit"},
+    "llr": {"learn_curvature": True, "input_scaling": "unit"},  # rms: |u| ~ 0.1 on this random model, slower
+    "llr-official": {"curvature": 1.0},
+    "stereographic": {},
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_training_lowers_the_loss_learns_curvature_and_keeps_the_base_frozen(tmp_path, form):
     base = tiny_model("llama", vocab_size=1024)
-    model = get_peft_model(copy.deepcopy(base), hyp_config(learn_curvature=True, input_scaling="unit"))
+    model = get_peft_model(copy.deepcopy(base), hyp_config(form=form, **TRAINED[form]))
     model.train()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -190,10 +214,11 @@ def test_training_lowers_the_loss_learns_curvature_and_keeps_the_base_frozen(tmp
     assert q.lora_curvature["default"].weight.requires_grad
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("form", FORMS)
+def test_gradient_checkpointing_gives_the_same_gradients(form):
     grads = []
     for checkpointing in (False, True):
-        model = get_peft_model(tiny_model("llama", vocab_size=1024), hyp_config())
+        model = get_peft_model(tiny_model("llama", vocab_size=1024), hyp_config(form=form))
         randomize_adapters(model)
         model.train()
         model.config.use_cache = False
@@ -206,10 +231,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_base_keeps_a_float32_branch(dtype):
+def test_half_precision_base_keeps_a_float32_branch(dtype, form):
     base = tiny_model("llama", vocab_size=1024).to(dtype)
-    model = get_peft_model(base, hyp_config())
+    model = get_peft_model(base, hyp_config(form=form))
     randomize_adapters(model)
     layer = model.base_model.model.model.layers[0].mlp.down_proj
     assert layer.lora_A["default"].weight.dtype == torch.float32
@@ -220,8 +246,9 @@ def test_half_precision_base_keeps_a_float32_branch(dtype):
     assert torch.isfinite(layer.lora_A["default"].weight.grad).all()
 
 
-def test_torch_compile_matches_eager():
-    model = get_peft_model(tiny_model("llama", vocab_size=1024), hyp_config())
+@pytest.mark.parametrize("form", ["seed", "llr-official"])  # ~25 s each; the two B-side paths (Gram, exact |y|)
+def test_torch_compile_matches_eager(form):
+    model = get_peft_model(tiny_model("llama", vocab_size=1024), hyp_config(form=form))
     randomize_adapters(model)
     model.train()
     ids = input_ids()
@@ -237,8 +264,9 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(grad, eager_grad, rtol=1e-4, atol=1e-6)
 
 
-def test_merging_is_refused_without_touching_the_weights():
-    model = get_peft_model(tiny_model("llama", vocab_size=1024), hyp_config())
+@pytest.mark.parametrize("form", FORMS)
+def test_merging_is_refused_without_touching_the_weights(form):
+    model = get_peft_model(tiny_model("llama", vocab_size=1024), hyp_config(form=form))
     randomize_adapters(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for merge in (model.merge_and_unload, model.merge_adapter, lambda: model.merge_and_unload(safe_merge=True)):
@@ -321,7 +349,8 @@ def test_check_catches_a_layer_that_does_not_run_hyplora():
         check_hyplora_layers(model)
 
 
-def test_bitsandbytes_4bit_base():
+@pytest.mark.parametrize("form", FORMS)
+def test_bitsandbytes_4bit_base(form):
     bnb = pytest.importorskip("bitsandbytes")
     model = MLP()
     for name in ("lin0", "lin1"):
@@ -329,7 +358,7 @@ def test_bitsandbytes_4bit_base():
         quant = bnb.nn.Linear4bit(dense.in_features, dense.out_features, quant_type="nf4", compute_dtype=torch.float32)
         quant.load_state_dict(dense.state_dict())
         setattr(model, name, quant.to("cpu"))
-    peft_model = get_peft_model(model, hyp_config(target_modules=["lin0", "lin1"]))
+    peft_model = get_peft_model(model, hyp_config(target_modules=["lin0", "lin1"], form=form))
     assert check_hyplora_layers(peft_model) == 2
     x = torch.randn(4, 10)
     with torch.no_grad():
@@ -381,8 +410,9 @@ def test_real_smollm2_trains_and_round_trips(smollm2, smollm2_tokenizer, tmp_pat
     assert torch.equal(outputs(reloaded, batch["input_ids"][:1]), expected)
 
 
-def test_float64_base_computes_the_branch_in_float64():
-    model = get_peft_model(tiny_model("llama", vocab_size=1024).double(), hyp_config())
+@pytest.mark.parametrize("form", FORMS)
+def test_float64_base_computes_the_branch_in_float64(form):
+    model = get_peft_model(tiny_model("llama", vocab_size=1024).double(), hyp_config(form=form))
     randomize_adapters(model)
     ids = input_ids()
     out = model(ids, labels=ids)
