@@ -41,6 +41,15 @@ def _two_threads():
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test (xdist runs two workers on two cores: two OpenMP threads each crawl)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_llama():
     return tiny_model("llama")
 

@@ -14,6 +14,8 @@ from hyplora.harness.data import (
     NOT_SHIPPED,
     TEST_SETS,
     TRAIN_SETS,
+    AnswerFormat,
+    answer_format,
     domain,
     equation_rationale,
     load_test_set,
@@ -22,6 +24,7 @@ from hyplora.harness.data import (
     split_validation,
     worked_steps,
 )
+from hyplora.harness.extraction import extract_answer
 
 SHIPPED_TESTS = [name for name, test in TEST_SETS.items() if test.shipped]
 MATH_SOURCES = [name for name, source in TRAIN_SETS.items() if source.domain == "math"]
@@ -337,3 +340,17 @@ def test_split_validation_is_deterministic_and_disjoint():
     assert split_validation(records, 0) == (records, [])
     for bad in (50, -1):
         assert "validation size" in one_line_error(split_validation, records, bad)
+
+
+# ----------------------------------------------------------------------------- answer formats
+def test_answer_formats_of_registered_sets_and_files():
+    assert answer_format("SVAMP") == AnswerFormat("number")
+    assert answer_format("aqua") == AnswerFormat("letter")
+    assert answer_format("ARC-Challenge") == AnswerFormat("label", tuple(f"answer{i}" for i in range(1, 6)))
+    assert answer_format("a.json", [{"answer": "3"}, {"answer": "-1.5"}]).kind == "number"
+    assert answer_format("b.json", [{"answer": "B"}, {"answer": "E"}]).kind == "letter"
+    labels = answer_format("c.json", [{"answer": "yes"}, {"answer": "no"}, {"answer": "yes"}])
+    assert labels == AnswerFormat("label", ("yes", "no"))
+    assert extract_answer("Yes, it is", labels, "robust") == "yes" and extract_answer("Yes", labels, "paper") == ""
+    assert "unknown dataset" in one_line_error(extract_answer, "1", "mnist")
+    assert "unknown mode" in one_line_error(extract_answer, "1", "svamp", "strict")

@@ -1,4 +1,4 @@
-"""Model loading: tiny random models, packaged SmolLM2, the GGUF conversion cache, and bad input."""
+"""Base models (`hyplora.harness.base_models`): tiny random models, packaged SmolLM2, the GGUF conversion cache, bad input."""
 
 import dataclasses
 import json
