@@ -5,6 +5,10 @@ may also carry an int `level`). Test sets are the LLM-Adapters files; training s
 converted to the same schema, math ones with a worked rationale ending in "The answer is N."
 The data ships in `hyplora/datasets/` (provenance and licences in its README.md).
 
+Every test set's answers have a format (`AnswerFormat`: numbers, letters A-E or label words), and
+the format gives the domain (label words: commonsense; otherwise math). A file's format comes from
+its gold answers (`answer_format`), the one rule that training and evaluation both use.
+
 Training sets never contain test items: `load_train_set` drops the records listed in the source's
 `overlap.txt` and, as a second check, every record whose normalised question equals the question
 of a test record of the same domain, and reports the counts.
