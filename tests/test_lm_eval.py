@@ -171,6 +171,25 @@ def test_hyplora_lm_eval_runs_a_10_item_task_with_the_adapter_attached(tmp_path,
         sum(sample["acc"] for sample in samples) / 10
     )
 
+    # the math task is `hyplora eval --mode robust`: the same generations and the same scores, item for item
+    eval_argv = [
+        "eval",
+        "--model",
+        str(base_dir),
+        "--adapter",
+        str(adapter_dir),
+        "--datasets",
+        "svamp",
+        "--limit",
+        "10",
+    ]
+    assert main([*eval_argv, "--mode", "robust", "--max-new-tokens", "8", "--output-dir", str(tmp_path / "eval")]) == 0
+    ours = [json.loads(line) for line in (tmp_path / "eval" / "svamp.jsonl").read_text().splitlines()]
+    (svamp_file,) = out.glob("*/samples_hyplora_svamp_*.jsonl")
+    theirs = sorted((json.loads(line) for line in svamp_file.read_text().splitlines()), key=lambda s: s["doc_id"])
+    assert [item["output"].strip() for item in ours] == [sample["resps"][0][0].strip() for sample in theirs]
+    assert [float(item["correct"]) for item in ours] == [sample["acc"] for sample in theirs]
+
     base, tokenizer = load_model(base_dir)
     adapted = load_adapter(load_model(base_dir)[0], adapter_dir)
     first = samples[0]["arguments"]["gen_args_0"]
