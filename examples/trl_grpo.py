@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--num-generations", type=int, default=4, help="completions per prompt (default: 4)")
     parser.add_argument("--batch-size", type=int, default=4, help="completions per device batch (default: 4)")
     parser.add_argument("--max-completion-length", type=int, default=128, help="new tokens (default: 128)")
-    parser.add_argument("--lr", type=float, default=1e-5, help="learning rate (default: TRL's 1e-6 x 10)")
+    parser.add_argument(
+        "--lr", type=float, default=1e-5, help="learning rate (default: 1e-5, ten times TRL's full-model default)"
+    )
     parser.add_argument("--rank", type=int, default=32, help="adapter rank r of a fresh adapter (default: 32)")
     parser.add_argument(
         "--output-dir", default="runs/trl-grpo", help="adapter and checkpoints (default: runs/trl-grpo)"
