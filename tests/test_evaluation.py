@@ -224,6 +224,11 @@ def tiny_model_dir(tmp_path, smollm2_tokenizer):
     return folder
 
 
+def eval_argv(model_dir, output_dir, datasets: str, *options: str) -> list[str]:
+    """`hyplora eval` arguments for `main`."""
+    return ["eval", "--model", str(model_dir), "--datasets", datasets, "--output-dir", str(output_dir), *options]
+
+
 def test_cli_end_to_end_with_adapter_and_rerun(tiny_model_dir, tmp_path, capsys):
     adapter = tmp_path / "adapter"
     _tiny_hyplora().save_pretrained(adapter)
@@ -273,29 +278,8 @@ def test_cli_merge_gives_the_unmerged_dora_outputs(tiny_model_dir, tmp_path):
     outputs = {}
     for merge in ([], ["--merge"]):
         out = tmp_path / f"eval{len(merge)}"
-        assert (
-            main(
-                [
-                    "eval",
-                    "--model",
-                    str(tiny_model_dir),
-                    "--adapter",
-                    str(adapter),
-                    *merge,
-                    "--datasets",
-                    "svamp",
-                    "--limit",
-                    "3",
-                    "--max-new-tokens",
-                    "4",
-                    "--mode",
-                    "robust",
-                    "--output-dir",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        argv = ["--adapter", str(adapter), *merge, "--limit", "3", "--max-new-tokens", "4", "--mode", "robust"]
+        assert main(eval_argv(tiny_model_dir, out, "svamp", *argv)) == 0
         assert json.loads((out / "summary.json").read_text())["merged"] == bool(merge)
         outputs[bool(merge)] = [item["output"] for item in read_items(out / "svamp.jsonl")]
     assert outputs[True] == outputs[False] and len(outputs[True]) == 3
@@ -333,23 +317,7 @@ def test_cli_refuses_to_merge_hyplora(tiny_model_dir, tmp_path, capsys):
     adapter = tmp_path / "adapter"
     _tiny_hyplora().save_pretrained(adapter)
     out = tmp_path / "o"
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(tiny_model_dir),
-                "--adapter",
-                str(adapter),
-                "--merge",
-                "--datasets",
-                "svamp",
-                "--output-dir",
-                str(out),
-            ]
-        )
-        == 2
-    )
+    assert main(eval_argv(tiny_model_dir, out, "svamp", "--adapter", str(adapter), "--merge")) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("hyplora eval: error: --merge:") and "HypLoRA" in err and not out.exists()
 
