@@ -13,6 +13,7 @@ during one step (after warm-up) of a fresh process per method (peak allocated CU
 
     python benchmarks/bench_adapter.py                      # the figures in benchmarks/README.md
     python benchmarks/bench_adapter.py --device cuda --dtype bfloat16 --dim 4096
+    python benchmarks/bench_adapter.py --autocast bf16      # forward passes under torch.autocast (Trainer bf16=True)
 """
 
 import argparse
@@ -29,6 +30,12 @@ import torch.nn.functional as F
 from hyplora.adapter.layer import HypLoraLinear, HypLoraLinearVariant, hyplora_forward, hyplora_forward_literal
 
 METHODS = ("lora", "hyplora", "literal")
+
+
+def autocast(args, device):
+    """`torch.autocast` at `--autocast`'s dtype around a forward pass (disabled for `off`), as Trainer's bf16/fp16."""
+    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def sync(device):
@@ -116,7 +123,8 @@ def step_model(method: str, args, device, dtype):
     ids = ids.to(device)
 
     def step():
-        loss = model(input_ids=ids, labels=ids).loss
+        with autocast(args, device):
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -147,11 +155,14 @@ def run_branch(args, device, dtype):
     def fwd_bwd(fn):
         for t in leaves:  # a fresh gradient each time, as inside a network (no accumulation pass)
             t.grad = None
-        fn().backward(grad)
+        with autocast(args, device):
+            out = fn()
+        out.backward(grad.to(out.dtype))
 
     timed = {name: (lambda fn=fn: fwd_bwd(fn)) for name, fn in fns.items()}
     medians = time_interleaved(timed, args.repeats, args.warmup, device)
-    memory = {name: saved_bytes(fn) for name, fn in fns.items()}
+    with autocast(args, device):
+        memory = {name: saved_bytes(fn) for name, fn in fns.items()}
     return medians, memory
 
 
@@ -167,7 +178,8 @@ def run_step_child(args):
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model, ids, step = step_model(args.child, args, device, dtype)
     step()
-    activations = saved_bytes(lambda: model(input_ids=ids, labels=ids).loss)
+    with autocast(args, device):
+        activations = saved_bytes(lambda: model(input_ids=ids, labels=ids).loss)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     else:  # Linux: writing 5 resets the peak resident set size (VmHWM) of this process
@@ -205,6 +217,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--autocast", default="off", choices=["off", "bf16", "fp16"], help="autocast the forwards")
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--rank", type=int, default=32)
@@ -223,7 +236,7 @@ def main():
         return run_step_child(args)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; dtype {args.dtype}; torch {torch.__version__}")
+    print(f"device: {name}; dtype {args.dtype}; autocast {args.autocast}; torch {torch.__version__}")
     medians, memory = run_branch(args, device, dtype)
     table(
         f"branch fwd+bwd: tokens={args.tokens}, in=out={args.dim}, r={args.rank} (median of {args.repeats})",

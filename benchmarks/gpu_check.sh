@@ -2,7 +2,10 @@
 # The GPU checks of the HypLoRA core, as one script for a session that is lent a GPU (about 5 minutes on an H100):
 #   1. the branch's tests on CUDA: fused == literal (values, gradients), finite for norms 0..1e8 in fp32/bf16/fp16;
 #   2. the speed/memory benchmark in bf16 at in = out = 4096, r = 32 (branch and training step);
-#   3. the branch alone in fp16.
+#   3. the branch alone in fp16;
+#   4. the autocast matrix on CUDA (model dtype x autocast x input scaling: tests, then the max errors per cell);
+#   5. the benchmark with the forwards under bf16 autocast on a float32 model (what Trainer(bf16=True) runs): the
+#      HypLoRA / LoRA training-step ratio under autocast.
 # Needs a CUDA build of torch and `pip install -e .[dev]`. Output: stdout, and $OUT/gpu_check.log when OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +16,7 @@ log="${OUT:-/tmp}/gpu_check.log"
   HYPLORA_TEST_DEVICE=cuda python -m pytest -q -p no:xdist tests/test_adapter.py
   python benchmarks/bench_adapter.py --device cuda --dtype bfloat16 --dim 4096 --tokens 8192
   python benchmarks/bench_adapter.py --device cuda --dtype float16 --dim 4096 --tokens 8192 --skip-step
+  HYPLORA_TEST_DEVICE=cuda python -m pytest -q -p no:xdist tests/test_precision.py -k "literal_form or finite"
+  python benchmarks/precision_matrix.py --device cuda
+  python benchmarks/bench_adapter.py --device cuda --autocast bf16 --dim 4096 --tokens 8192
 } 2>&1 | tee "$log"
