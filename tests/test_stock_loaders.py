@@ -1,7 +1,8 @@
 """Stock loaders (PEFT, transformers) on saved HypLoRA, LoRA and DoRA adapters, each loader in a fresh process.
 
 - after `import hyplora`: every loader gives HypLoRA adapters as `HypLoraConfig` with logits bit-identical to
-  `hyplora.load_adapter`, and LoRA/DoRA adapters as plain `LoraConfig`, also bit-identical;
+  `hyplora.load_adapter`, and LoRA/DoRA adapters as plain `LoraConfig`, exactly as stock loads them (which is
+  bit-identical to the saved model except DoRA through transformers, which drops DoRA's magnitudes either way);
 - without it: every loader refuses a HypLoRA adapter with an error (never a warning and a base or LoRA model),
   with transformers' `ignore_mismatched_sizes=True` too.
 """
@@ -140,7 +141,10 @@ def test_stock_loader_loads_each_adapter_as_itself_after_import_hyplora_and_refu
     root, expected = saved
     hyp = [name for name in expected if name.startswith("hyplora")]
     with_hyplora = run_loader(root, loader, list(expected), with_hyplora=True)
-    without = run_loader(root, loader, list(expected), with_hyplora=False)
+    # transformers, asked to, loads the base and drops weights whose shapes differ with a warning: the refusal
+    # must not depend on shapes (it happens before any weight is read, so this covers the default too)
+    permissive = {"ignore_mismatched_sizes": True} if loader.startswith("transformers") else {}
+    without = run_loader(root, loader, list(expected), with_hyplora=False, **permissive)
     assert with_hyplora["hyplora imported"] and not without["hyplora imported"]
     for name in hyp:
         assert with_hyplora[name].get("config") == "HypLoraConfig", f"{name}: {with_hyplora[name]}"
@@ -156,10 +160,6 @@ def test_stock_loader_loads_each_adapter_as_itself_after_import_hyplora_and_refu
         # transformers 5.24's load_adapter drops DoRA's magnitude vectors (its report lists them as MISSING and
         # UNEXPECTED keys), with or without hyplora: a stock defect outside this check
         assert torch.equal(with_hyplora["dora"]["logits"], expected["dora"])
-    else:  # transformers loads the base and drops mismatched weights with a warning when asked to
-        refused = run_loader(root, loader, hyp, with_hyplora=False, ignore_mismatched_sizes=True)
-        for name in hyp:
-            assert SAVED_PEFT_TYPE in refused[name].get("error", ""), f"{name}: {refused[name]}"
 
 
 def test_saved_config_names_its_type_and_base(saved):

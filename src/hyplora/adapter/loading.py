@@ -15,8 +15,9 @@ def load_adapter(
 ) -> PeftModel:
     """Load a HypLoRA, LoRA or DoRA adapter saved by `save_pretrained` onto `model` (a base model or `PeftModel`).
 
-    The config class comes from `adapter_config.json` (`use_hyplora: true` -> `HypLoraConfig`), so logits are
-    reproduced exactly. Raises `InputError` for a missing or incompatible adapter.
+    The config class comes from `adapter_config.json` (`use_hyplora: true` -> `HypLoraConfig`, whether `peft_type`
+    says `HYPLORA` or, as hyplora saved it before, `LORA`), so logits are reproduced exactly. Raises `InputError` for
+    a missing or incompatible adapter.
     """
     path = Path(path)
     config_file = path / "adapter_config.json"
@@ -31,7 +32,7 @@ def load_adapter(
     config.inference_mode = not is_trainable
     try:
         if isinstance(model, PeftModel):
-            if adapter_name not in model.peft_config:  # PEFT would read the config as a plain LoraConfig
+            if adapter_name not in model.peft_config:  # PEFT would read a `peft_type: LORA` one as a LoraConfig
                 model.add_adapter(adapter_name, config)
             model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
             peft_model = model
