@@ -70,7 +70,7 @@ _RESUME_MAY_CHANGE = (
 class TrainArgs:
     """Options of one fine-tuning run; the defaults are the paper's recipe.
 
-    `curvature`, `learn_curvature` and `input_scaling` apply to `method="hyplora"` only; `None`
+    `form`, `curvature`, `learn_curvature` and `input_scaling` apply to `method="hyplora"` only; `None`
     means `HypLoraConfig`'s default. `max_steps > 0` overrides `epochs`. `limit` caps the number
     of training examples (taken after the validation carve-out). `batch_size` is the global batch:
     `micro_batch_size x processes x gradient-accumulation steps`. `fsdp` shards the model over the launcher's
@@ -103,6 +103,18 @@ class TrainArgs:
         default=DEFAULT_TARGET_MODULES,
         metadata={
             "help": "comma-separated linear layer names, or one regular expression over full module names",
+            "group": _MODEL,
+        },
+    )
+    form: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "hyplora: adapter form; seed = first release, llr = NeurIPS 2025 LLR (consistent K), llr-official = "
+                "that release's code as computed (reproduces its tables), stereographic = its hyplora_simplified "
+                "(default: HypLoraConfig's, seed)"
+            ),
+            "choices": tuple(FORM_DEFAULTS),
             "group": _MODEL,
         },
     )
@@ -205,6 +217,7 @@ class TrainArgs:
     def hyplora_options(self) -> dict:
         """The HypLoraConfig fields the caller set (the others keep HypLoraConfig's defaults)."""
         options = {
+            "form": self.form,
             "curvature": self.curvature,
             "learn_curvature": self.learn_curvature,
             "input_scaling": self.input_scaling,
