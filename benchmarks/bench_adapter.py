@@ -1,4 +1,4 @@
-"""Speed and memory of the HypLoRA branch against PEFT LoRA, same shapes, same run.
+"""Speed and memory of every HypLoRA form's branch against PEFT LoRA, same shapes, same run.
 
 Two measurements, each the median of repeats after warm-up, methods interleaved within each repeat:
 
@@ -7,8 +7,9 @@ Two measurements, each the median of repeats after warm-up, methods interleaved 
 2. step: a whole training step (forward, backward, AdamW) of a SmolLM2-135M-shaped Llama with random weights,
    adapters on q,k,v,up,down.
 
-Methods: ``lora`` (PEFT LoRA), ``hyplora`` (this library), ``literal`` (the concatenation form written out with
-`hyplora.adapter.lorentz`). Memory: bytes of tensors saved for backward (exact), and for the step also the peak RSS
+Methods: ``lora`` (PEFT LoRA), the four forms of ``HypLoraConfig(form=...)`` (``seed``, ``llr``, ``llr-official``,
+``stereographic``; the LoRA-shaped ones on LoRA's very A and B), and ``seed-literal`` (the seed form's concatenation
+written out with `hyplora.adapter.lorentz`). Memory: bytes of tensors saved for backward (exact), and for the step also the peak RSS
 during one step (after warm-up) of a fresh process per method (peak allocated CUDA memory on a GPU).
 
     python benchmarks/bench_adapter.py                      # the figures in benchmarks/README.md
@@ -27,9 +28,19 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hyplora.adapter.layer import HypLoraLinear, HypLoraLinearVariant, hyplora_forward, hyplora_forward_literal
+from hyplora.adapter.forms import RELEASE_DEFAULT_K
+from hyplora.adapter.layer import (
+    HypLoraLinear,
+    HypLoraLinearVariant,
+    hyplora_forward,
+    hyplora_forward_literal,
+    llr_forward,
+    llr_official_forward,
+    stereographic_forward,
+)
 
-METHODS = ("lora", "hyplora", "literal")
+FORMS = ("seed", "llr", "llr-official", "stereographic")
+METHODS = ("lora", *FORMS, "seed-literal")
 
 
 def autocast(args, device):
@@ -74,18 +85,31 @@ def branch_fns(args, device, dtype):
         xx = x.to(a_lora.dtype)
         return result + (F.linear(F.linear(xx, a_lora), b_lora) * scaling).to(result.dtype)
 
-    def hyp(fn):
+    def lorentz(fn, a, b):  # seed and llr: rms input scaling, log-scale s
         return lambda: fn(result, x, a, b, sqrt_k=sqrt_k, scaling=scaling, input_scaling="rms", log_scale=scale)
 
-    fns = {"lora": lora, "hyplora": hyp(hyplora_forward), "literal": hyp(hyplora_forward_literal)}
-    fns["leaves"] = (x, result, a, b, scale, a_lora, b_lora)
+    # the release's learned scalars, at their initial values
+    k_official = torch.tensor(RELEASE_DEFAULT_K, device=device, requires_grad=True)
+    s_official = torch.tensor([d_in**0.5], device=device, requires_grad=True)
+    k_stereo = torch.tensor(1.0, device=device, requires_grad=True)
+    fns = {
+        "lora": lora,
+        "seed": lorentz(hyplora_forward, a, b),
+        "llr": lorentz(llr_forward, a_lora, b_lora),
+        "llr-official": lambda: llr_official_forward(
+            result, x, a_lora, b_lora, curvature=k_official, scaling=scaling, norm_scale=s_official
+        ),
+        "stereographic": lambda: stereographic_forward(result, x, a_lora, b_lora, curvature=k_stereo, scaling=scaling),
+        "seed-literal": lorentz(hyplora_forward_literal, a, b),
+    }
+    fns["leaves"] = (x, result, a, b, scale, a_lora, b_lora, k_official, s_official, k_stereo)
     return fns, grad
 
 
 class LiteralVariant(HypLoraLinearVariant):
-    """The HypLoRA variant with the concatenation form as its computation."""
+    """The HypLoRA variant with the seed form's concatenation as its computation."""
 
-    branch = staticmethod(hyplora_forward_literal)
+    branches = {**HypLoraLinearVariant.branches, "seed": hyplora_forward_literal}
 
 
 def step_model(method: str, args, device, dtype):
@@ -112,9 +136,14 @@ def step_model(method: str, args, device, dtype):
         lora_dropout=0.05,
         target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
     )
-    cfg = LoraConfig(**common) if method == "lora" else HypLoraConfig(input_scaling="rms", **common)
+    if method == "lora":
+        cfg = LoraConfig(**common)
+    elif method in ("seed", "seed-literal"):
+        cfg = HypLoraConfig(input_scaling="rms", **common)
+    else:  # each form with its default input scaling and curvature (llr: rms, as the seed here)
+        cfg = HypLoraConfig(form=method, **common)
     model = get_peft_model(model, cfg)
-    if method == "literal":  # swap this model's variants only; the class keeps the fused forward
+    if method == "seed-literal":  # swap this model's variants only; the class keeps the fused forward
         for module in model.modules():
             if isinstance(module, HypLoraLinear):
                 module.lora_variant["default"] = LiteralVariant()
