@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from dataclasses import fields
 
 import pytest
 import torch
@@ -20,23 +19,21 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from hyplora import HypLoraConfig, load_adapter
-from hyplora.adapter.config import SAVED_PEFT_TYPE
+from hyplora.adapter.config import FORM_DEFAULTS, SAVED_PEFT_TYPE
 from hyplora.harness.base_models import tiny_model
 
 pytestmark = pytest.mark.slow  # spawns processes
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 INPUT_IDS = torch.tensor([[1, 17, 250, 3, 999, 42, 7, 8], [1, 5, 6, 7, 8, 9, 10, 11]])
-# the seed form's A and B are (in+1) and (r+1) wide; the other forms have LoRA's shapes, which is what makes a
-# silent plain-LoRA load possible
-HYPLORA_FORMS = ("seed", "llr") if "form" in {f.name for f in fields(HypLoraConfig)} else ("seed",)
+# every form: the seed form's A and B are (in+1) and (r+1) wide; the others have LoRA's shapes, which is what would
+# make a silent plain-LoRA load possible
+HYPLORA_FORMS = tuple(FORM_DEFAULTS)
 
 
 def adapter_configs() -> dict:
     configs = {
-        f"hyplora-{form}": HypLoraConfig(
-            r=4, lora_alpha=8, target_modules=TARGETS, **({"form": form} if form != "seed" else {})
-        )
+        f"hyplora-{form}": HypLoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, form=form)
         for form in HYPLORA_FORMS
     }
     configs["lora"] = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS)
@@ -58,8 +55,11 @@ def saved(tmp_path_factory):
         model = get_peft_model(copy.deepcopy(base), config)
         with torch.no_grad():
             for param_name, param in model.named_parameters():
-                if "lora_" in param_name:  # B starts at 0: make every adapter change the output
-                    param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+                noise = 0.1 * torch.randn(param.shape, generator=generator)
+                if ".lora_A." in param_name or ".lora_B." in param_name:  # B starts at 0: make the adapter act
+                    param.copy_(noise)
+                elif "lora_" in param_name:  # the learned scalars (curvature, input scale) and DoRA's magnitudes
+                    param.add_(noise * param.abs().clamp(min=1))  # moved off their initial values, signs kept
         model.eval().save_pretrained(root / name)
         with torch.no_grad():
             logits = model(INPUT_IDS).logits
