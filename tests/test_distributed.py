@@ -90,9 +90,9 @@ def _assert_sharded(run_dir, *, mixed_precision):
     record = json.loads((run_dir / "train_args.json").read_text())
     sharding = record["run"]["sharding"]
     assert record["run"]["world_size"] == 2 and record["args"]["fsdp"]
-    # FSDP units: each of the 2 decoder layers, the tail (norm + head) and the root; the base weights are DTensor
-    # shards, the adapter (attached after sharding) is replicated and averaged by Trainer
-    assert sharding["fsdp_units"] >= 3 and sharding["trainable_dtensor_params"] == 0
+    # FSDP units: the embeddings, the 2 decoder layers, the final norm with the head, and the root; the base weights
+    # are DTensor shards, the adapter (attached after sharding) is replicated and averaged by Trainer
+    assert sharding["fsdp_units"] == 5 and sharding["trainable_dtensor_params"] == 0
     assert sharding["dtensor_params"] == sharding["params"] - ADAPTER_TENSORS
     assert sharding["fsdp_mixed_precision"] is mixed_precision
 

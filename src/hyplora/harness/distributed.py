@@ -1,10 +1,10 @@
 """Sharded training for `hyplora train --fsdp`, and the launch set-ups that would silently train otherwise.
 
 FSDP2 here is transformers' own load-time sharding, `from_pretrained(distributed_config=DistributedConfig(
-fsdp_size=WORLD_SIZE))`: `torch.distributed.fsdp.fully_shard` on each decoder layer (the model's `_fsdp_plan`)
-and then the root, over the launcher's processes (gloo on CPU, NCCL on CUDA). The frozen base weights become
-DTensor shards; the adapter, attached afterwards, stays a replicated float32 tensor whose gradient Trainer
-averages over the processes (`Trainer._sync_replicated_trainable_parameters`), so every process holds the whole
+fsdp_size=WORLD_SIZE))`: `torch.distributed.fsdp.fully_shard` on the embeddings, each decoder layer, the final
+norm with the head (the model's `_fsdp_plan`) and then the root, over the launcher's processes (gloo on CPU,
+NCCL on CUDA). The frozen base weights become DTensor shards; the adapter, attached afterwards, stays a
+replicated float32 tensor whose gradient Trainer averages over the processes (`Trainer._sync_replicated_trainable_parameters`), so every process holds the whole
 adapter and `save_pretrained` writes it at full size. With `--precision bf16` the FSDP units also get a
 `MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)` (the base is loaded in float32 and gathered
 in bf16).
