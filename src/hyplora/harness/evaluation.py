@@ -64,7 +64,9 @@ class EvalOptions:
             "nargs": "+",
         }
     )
-    output_dir: str | os.PathLike = field(metadata={"help": "folder for the JSONL, summary.json, results.md and accuracy.png"})
+    output_dir: str | os.PathLike = field(
+        metadata={"help": "folder for the JSONL, summary.json, results.md and accuracy.png"}
+    )
     limit: int | None = field(default=None, metadata={"help": "evaluate the first N items of each set"})
     batch_size: int = field(
         default=32,
@@ -106,9 +108,7 @@ class EvalOptions:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputError(f"option {option} must be a positive integer, got {value!r}")
         if self.prompt_template not in TEMPLATES:
-            raise InputError(
-                f"unknown prompt template {self.prompt_template!r}: choose one of {', '.join(TEMPLATES)}"
-            )
+            raise InputError(f"unknown prompt template {self.prompt_template!r}: choose one of {', '.join(TEMPLATES)}")
         if self.output_dir is None:
             raise InputError("option output_dir is required")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
@@ -128,7 +128,6 @@ class EvalOptions:
         if self.num_beams is not None:
             return self.num_beams
         return PAPER_NUM_BEAMS if self.mode == "paper" else 1
-
 
 
 # ----------------------------------------------------------------------------- settings key
