@@ -22,9 +22,32 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as err:  # e.g. a full disk: name the file the caller asked for, not the temporary one
+        temporary.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> None:
+    """Raise `InputError` unless `path` is a folder, or can become one, that this process can write.
+
+    Checked before any computation: the nearest existing folder on the way to `path` must accept a new file.
+    """
+    import tempfile
+
+    from hyplora.errors import InputError
+
+    path = Path(path).expanduser()
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        raise InputError(f"{option} {path}: {existing} exists and is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise InputError(f"{option} {path}: cannot write in {existing} ({err.strerror or err})") from None
 
 
 def looks_like_path(name: str | os.PathLike) -> bool:

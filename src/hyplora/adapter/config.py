@@ -1,8 +1,10 @@
 """`HypLoraConfig`: a `peft.LoraConfig` whose adapters run on the Lorentz manifold."""
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from peft import LoraConfig
 from torch import nn
 
@@ -98,8 +100,9 @@ class HypLoraConfig(LoraConfig):
         self.input_scaling = scalings[0] if self.input_scaling is None else self.input_scaling
         if not self.use_hyplora:
             return
-        if not self.curvature > 0:
-            raise ValueError(f"`curvature` must be > 0, got {self.curvature}")
+        self._check_curvature()
+        if not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha)):
+            raise ValueError(f"`lora_alpha` must be a finite number, got {self.lora_alpha!r}")
         if self.input_scaling not in scalings:
             raise ValueError(
                 f"`input_scaling` must be one of {scalings} for form={self.form!r}, got {self.input_scaling!r}"
@@ -116,6 +119,26 @@ class HypLoraConfig(LoraConfig):
         if self.target_parameters:
             raise ValueError("`target_parameters` is not supported by HypLoRA: target nn.Linear modules instead.")
         self._register_custom_module({nn.Module: dispatch_hyplora})
+
+    def _check_curvature(self) -> None:
+        """K must be a finite float32 number > 0, and a learned K must survive k = raw_from_curvature(K) and back
+        (`forms.curvature_from_raw` in float32) to 0.1%: e.g. K > 709 overflows `math.expm1`, and K = 1e-300 is 0."""
+        value = self.curvature
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"`curvature` must be a finite number > 0, got {value!r}")
+        if not 0 < float(torch.tensor(value, dtype=torch.float32)) < math.inf:
+            raise ValueError(f"`curvature` {value:g} is outside float32's range (about 1.2e-38 to 3.4e38)")
+        if self.learn_curvature:
+            try:
+                raw = forms.raw_from_curvature(self.form, float(value))
+                back = float(forms.curvature_from_raw(self.form, torch.tensor([raw], dtype=torch.float32)))
+            except (OverflowError, ValueError):
+                back = math.nan
+            if not abs(back - value) <= 1e-3 * value:
+                raise ValueError(
+                    f"`curvature` {value:g} cannot be learned by form {self.form!r}: its raw parameter k does not "
+                    f"represent it in float32 (K = {back:g} after the round trip); choose K in about [1e-6, 700]"
+                )
 
     def to_dict(self) -> dict:
         """The saved form: `peft_type` is `SAVED_PEFT_TYPE` for a HypLoRA adapter (in memory it stays `LORA`).

@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-from hyplora.errors import InputError
+from hyplora.errors import InputError, first_line
 
 VERBS = {
     "train": ("hyplora.cli.train", "fine-tune a model with HypLoRA, LoRA or DoRA"),
@@ -57,6 +57,12 @@ def _run(args: argparse.Namespace) -> int:
     except InputError as err:
         print(f"hyplora {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file fault (disk full, no permission): write_atomic names the file
+        print(f"hyplora {args.verb}: error: {first_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:  # evaluate says how many items it kept
+        print(f"hyplora {args.verb}: {first_line(err) if str(err) else 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 @contextlib.contextmanager

@@ -39,7 +39,8 @@ from pathlib import Path
 
 from hyplora.adapter.config import FORM_DEFAULTS
 from hyplora.errors import InputError, first_line
-from hyplora.files import pyplot, save_png, write_atomic
+from hyplora.files import check_output_dir, pyplot, save_png, write_atomic
+from hyplora.harness.data import DOMAINS
 from hyplora.harness.prompts import TEMPLATES
 
 METHODS = ("hyplora", "lora", "dora")
@@ -171,6 +172,15 @@ class TrainArgs:
     train_on_inputs: bool = field(
         default=True, metadata={"help": "loss on the prompt too (LLM-Adapters' default: on)", "group": _DATA}
     )
+    domain: str | None = field(
+        default=None,
+        metadata={
+            "help": "domain of a --data file (math or commonsense); default: from its gold answers, which must "
+            "all be numbers or letters A-E (math) or none be (commonsense)",
+            "choices": DOMAINS,
+            "group": _DATA,
+        },
+    )
     template: str = field(default="alpaca", metadata={"help": "prompt template", "choices": TEMPLATES, "group": _DATA})
     precision: str = field(
         default="auto",
@@ -266,17 +276,53 @@ def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The highest-step complete `checkpoint-<step>` folder in `output_dir`, or None.
 
     Trainer writes `trainer_state.json` last, so a folder without it was cut off mid-write (a
-    killed job) and is skipped.
+    killed job) and is skipped; so is one with a damaged file (`checkpoint_damage`), with a warning
+    naming the file and the checkpoint used instead.
     """
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
-    complete = [
-        path
-        for path in folder.glob(f"{CHECKPOINT_PREFIX}*")
-        if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / "trainer_state.json").is_file()
-    ]
-    return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), default=None)
+    numbered = [path for path in folder.glob(f"{CHECKPOINT_PREFIX}*") if path.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    numbered.sort(key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), reverse=True)
+    skipped = []
+    for path in numbered:
+        if not (path / "trainer_state.json").is_file():
+            continue
+        damage = checkpoint_damage(path)
+        if damage is None:
+            if skipped:
+                logger.warning(f"--resume: skipping {'; '.join(skipped)}; resuming from {path.name}")
+            return path
+        skipped.append(f"{path.name} ({damage})")
+    if skipped:
+        logger.warning(f"--resume: every checkpoint is damaged: {'; '.join(skipped)}")
+    return None
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """What makes checkpoint folder `path` unusable, or None: `trainer_state.json` that is not a JSON object, a
+    `.pt`/`.pth` file that is not a whole zip archive (torch.save's format; a truncated one loses its end
+    record), or a `.safetensors` file whose header does not cover its data."""
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if not isinstance(json.loads((path / "trainer_state.json").read_text()), dict):
+            return "trainer_state.json is not a JSON object"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "trainer_state.json is truncated or not JSON"
+    for file in sorted(path.iterdir()):
+        if file.suffix in (".pt", ".pth") and not zipfile.is_zipfile(file):
+            return f"{file.name} is truncated or not a torch.save file"
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(file, framework="pt") as tensors:
+                    for key in tensors.keys():
+                        tensors.get_slice(key)
+            except (SafetensorError, OSError) as err:
+                return f"{file.name}: {first_line(err)}"
+    return None
 
 
 def adapter_config(args: TrainArgs):
@@ -319,6 +365,38 @@ def plot_loss(log_history: list[dict], path: str | os.PathLike) -> None:
 
 def _write_json(path: Path, value) -> None:
     write_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def _finite_training_callback():
+    """A TrainerCallback that stops a run whose logged loss or gradient norm, or whose trainable weights after an
+    optimizer step, are not finite: `TrainingDiverged` names the step, before that step's checkpoint is written."""
+    from transformers import TrainerCallback
+
+    class FiniteTraining(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for name in ("loss", "grad_norm", "eval_loss"):
+                value = (logs or {}).get(name)
+                if value is not None and not math.isfinite(value):
+                    raise TrainingDiverged(f"{name} is {value} at step {state.global_step}")
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            import torch
+
+            for name, param in model.named_parameters():
+                if param.requires_grad and not torch.isfinite(param.detach()).all():
+                    raise TrainingDiverged(f"weight {name} is not finite after step {state.global_step}")
+
+    return FiniteTraining()
+
+
+class TrainingDiverged(InputError):
+    """The loss, a gradient or a trained weight became NaN or infinite (too high a learning rate, alpha or K)."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"training diverged: {what}; no adapter saved (lower --lr, --alpha or --curvature; checkpoints from"
+            " earlier steps are kept)"
+        )
 
 
 def _loss_log_callback(path: Path):
@@ -373,10 +451,26 @@ class FineTuneRecipe:
         if a.precision not in PRECISIONS:
             raise InputError(f"--precision {a.precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
         self._check_precision_and_launch()
+        for name in ("alpha", "dropout", "lr", "epochs", "curvature"):  # nan and inf pass every comparison below
+            value = getattr(a, name)
+            if value is not None and not math.isfinite(value):
+                raise InputError(f"--{name} {value}: must be a finite number")
         if a.rank < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1:
             raise InputError(
                 f"need --rank >= 1, --alpha > 0 and 0 <= --dropout < 1 (got {a.rank}, {a.alpha}, {a.dropout})"
             )
+        if a.lr <= 0:
+            raise InputError(f"--lr {a.lr}: must be > 0")
+        steps = {"warmup_steps": (a.warmup_steps, 0), "logging_steps": (a.logging_steps, 1)}
+        steps |= {"save_steps": (a.save_steps, 1), "eval_steps": (a.eval_steps, 1), "cutoff_len": (a.cutoff_len, 1)}
+        steps |= {"save_total_limit": (a.save_total_limit, 1)}
+        for name, (value, least) in steps.items():
+            if value is not None and value < least:
+                raise InputError(f"--{name.replace('_', '-')} {value}: must be >= {least}")
+        if a.domain is not None and a.domain not in DOMAINS:
+            raise InputError(f"--domain {a.domain!r} is unknown: choose one of {', '.join(DOMAINS)}")
+        adapter_config(a)  # curvature, form, input scaling: HypLoraConfig's checks, before any model loads
+        check_output_dir(a.output_dir)
         if not a.target_modules:
             raise InputError("--target-modules is empty: name at least one linear layer, e.g. q_proj,v_proj")
         if a.max_steps <= 0 and a.epochs <= 0:
@@ -414,6 +508,7 @@ class FineTuneRecipe:
             if checkpoint is None:
                 raise InputError(f"--resume: no complete checkpoint-<step> folder in {self.output_dir}")
             self._check_resume_args()
+            self._check_not_finished(checkpoint)
             return checkpoint
         if checkpoint is not None or (self.output_dir / "adapter_model.safetensors").exists():
             raise InputError(
@@ -435,6 +530,20 @@ class FineTuneRecipe:
                 raise InputError(f"--resume: {flag} is {value!r} but the checkpoint's run used {saved[name]!r}")
             warnings.warn(
                 f"--resume: {flag} changed from {saved[name]!r} to {value!r}; the new value is used", stacklevel=2
+            )
+
+    def _check_not_finished(self, checkpoint: Path) -> None:
+        """Refuse to resume a finished run with the same length options: Trainer would take no step and report a
+        training loss of 0.0 over the run's record."""
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        saved_path = self.output_dir / ARGS_FILE
+        if not saved_path.is_file() or "result" not in (record := json.loads(saved_path.read_text())):
+            return
+        same_length = all(record["args"].get(name) == getattr(self.args, name) for name in ("epochs", "max_steps"))
+        if same_length and state.get("global_step", 0) >= state.get("max_steps", math.inf):
+            raise InputError(
+                f"--resume: the run in {self.output_dir} finished at step {state['global_step']} ({ARGS_FILE} has"
+                " its result); raise --max-steps or --epochs to train further"
             )
 
     @property
@@ -482,6 +591,18 @@ class FineTuneRecipe:
         missing = [name for name in targets if name not in layer_names] if isinstance(targets, list) else []
         if missing:
             raise InputError(f"--target-modules {','.join(missing)}: no such layer in {self.args.model}")
+        if self.args.method == "hyplora":
+            not_linear = sorted(
+                {
+                    f"{name.split('.')[-1]} ({type(module).__name__})"
+                    for name, module in model.named_modules()
+                    if isinstance(targets, list)
+                    and name.split(".")[-1] in targets
+                    and not isinstance(module, torch.nn.Linear)
+                }
+            )
+            if not_linear:
+                raise InputError(f"--target-modules {', '.join(not_linear)}: HypLoRA adapts nn.Linear layers only")
         try:
             self.model = get_peft_model(model, adapter_config(self.args))
         except ValueError as err:  # e.g. a --target-modules pattern that matches no layer
@@ -498,7 +619,7 @@ class FineTuneRecipe:
         from hyplora.harness.prompts import tokenize_example
 
         a = self.args
-        train_set = load_train_set(a.data, seed=a.data_order_seed)
+        train_set = load_train_set(a.data, seed=a.data_order_seed, domain=a.domain)
         if is_main_process():
             logger.info(train_set.summary())
         train_records, val_records = split_validation(train_set.records, a.val_size, seed=a.data_order_seed)
@@ -545,6 +666,7 @@ class FineTuneRecipe:
             fp16=precision == "fp16",
             ddp_find_unused_parameters=False,
             logging_steps=a.logging_steps,
+            logging_nan_inf_filter=False,  # Trainer's filter logs a NaN loss as the mean so far (0.0 at first)
             save_strategy="steps",
             save_steps=a.save_steps,
             save_total_limit=a.save_total_limit,
@@ -570,7 +692,7 @@ class FineTuneRecipe:
             train_dataset=self.train_dataset,
             eval_dataset=self.val_dataset or None,
             data_collator=collator,
-            callbacks=[_loss_log_callback(self.output_dir / LOSS_LOG_FILE)],
+            callbacks=[_loss_log_callback(self.output_dir / LOSS_LOG_FILE), _finite_training_callback()],
         )
 
     # -- run ---------------------------------------------------------------------------------------
