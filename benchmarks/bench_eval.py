@@ -27,6 +27,7 @@ training defaults' targets, random weights, unmerged), with torch.profiler's top
 
     python benchmarks/bench_eval.py --threads 1          # the figures in benchmarks/README-eval.md
     python benchmarks/bench_eval.py --threads 1 --profile-step 64 --adapter hyplora
+    python benchmarks/bench_eval.py --threads 1 --profile-beam 8     # paper mode's 4-beam search, profiled
     python benchmarks/bench_eval.py --items 128 --batch-size 64 32 --reference-items 2 --check-items 16
 """
 
@@ -46,7 +47,15 @@ from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_test_set
 from hyplora.harness.evaluation import EvalOptions, evaluate, read_items
 from hyplora.harness.extraction import extract_answer
-from hyplora.harness.generation import _forward_kwargs, _left_padded, generate_greedy, new_cache
+from hyplora.harness.generation import (
+    _forward_kwargs,
+    _left_padded,
+    eos_token_ids,
+    generate_beam,
+    generate_greedy,
+    new_cache,
+    pad_token_id,
+)
 from hyplora.harness.prompts import RESPONSE_SPLIT, eval_prompt
 
 
@@ -279,6 +288,30 @@ def profile_step(model, tokenizer, records, batch: int, context_steps: int = 100
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+@torch.inference_mode()
+def profile_beam(model, tokenizer, records, num_beams: int = 4, new_tokens: int = 48) -> None:
+    """Paper mode's beam search (`generate`) on `records` under torch.profiler, beside greedy on as many rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompts = [tokenizer(eval_prompt(r["instruction"]))["input_ids"] for r in records]
+    eos = eos_token_ids(model, tokenizer)
+    pad = pad_token_id(tokenizer, eos)
+    generate_beam(model, prompts[:1], max_new_tokens=2, num_beams=num_beams, eos_ids=eos, pad_id=pad)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        generate_beam(model, prompts, max_new_tokens=new_tokens, num_beams=num_beams, eos_ids=eos, pad_id=pad)
+    beam_s = time.perf_counter() - start
+    start = time.perf_counter()
+    rows = [p for p in prompts for _ in range(num_beams)]
+    generate_greedy(model, rows, max_new_tokens=new_tokens, eos_ids=set(), pad_id=pad)
+    print(
+        f"beam search, {len(prompts)} prompts x {num_beams} beams, {new_tokens} new tokens: {beam_s:.1f} s "
+        f"(profiled); greedy on the same {len(rows)} rows without EOS: {time.perf_counter() - start:.1f} s; "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=64, help="SVAMP items (default: %(default)s)")
@@ -301,6 +334,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="only to check this script quickly")
     parser.add_argument("--profile-step", type=int, default=0, help="profile one decoding step at this batch")
+    parser.add_argument("--profile-beam", type=int, default=0, help="profile 4-beam search on this many prompts")
     parser.add_argument("--adapter", choices=("none", "lora", "hyplora"), default="none", help="for --profile-step")
     args = parser.parse_args()
     budget = args.max_new_tokens
@@ -309,6 +343,9 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     load_before = os.getloadavg()
     model, tokenizer = load_model("smollm2-135m")
+    if args.profile_beam:
+        profile_beam(model, tokenizer, load_test_set("svamp", args.profile_beam))
+        return
     if args.profile_step:
         profile_step(
             adapted(model, args.adapter), tokenizer, load_test_set("svamp", args.profile_step), args.profile_step

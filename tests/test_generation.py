@@ -1,52 +1,26 @@
-"""Generation (`hyplora.harness.generation`): batched greedy decoding and beam search equal one prompt at a time."""
+"""The preallocated KV-cache layer: the same keys and values as transformers' DynamicLayer, through row selection."""
 
-import pytest
 import torch
+from transformers.cache_utils import DynamicLayer
 
-from hyplora.harness import generation
-from hyplora.harness.base_models import tiny_model
-from hyplora.harness.generation import generate_batched, generate_beam, generate_greedy
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+from hyplora.harness.generation import PreallocatedLayer
 
 
-def _prompts(count: int, seed: int = 0) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 30, (count,), generator=generator).tolist()
-    return [torch.randint(3, 49152, (n,), generator=generator).tolist() for n in lengths]
-
-
-@pytest.mark.parametrize("arch", ["llama", "gemma"])
-def test_batched_greedy_equals_one_prompt_at_a_time(arch):
-    # float64: no argmax can flip on padding-dependent rounding; gemma's sliding window of 8 is crossed
-    model = tiny_model(arch, sliding_window=8).double() if arch == "gemma" else tiny_model(arch).double()
-    prompts = _prompts(7)
-    steps = 12
-    free = [generate_greedy(model, [p], max_new_tokens=steps, eos_ids=set(), pad_id=2)[0] for p in prompts]
-    # an EOS that ends some rows early and not others, so finished rows leave the batch mid-way
-    candidates = sorted({t for row in free for t in row[1:-1]}, key=lambda t: sum(t in row[:-1] for row in free))
-    eos = next(t for t in candidates if 0 < sum(t in row[:-1] for row in free) < len(free))
-    single = [generate_greedy(model, [p], max_new_tokens=steps, eos_ids={eos}, pad_id=2)[0] for p in prompts]
-    assert any(len(s) < steps for s in single) and any(len(s) == steps for s in single)
-    batched = generate_batched(
-        model, prompts, max_new_tokens=steps, num_beams=1, batch_size=5, eos_ids={eos}, pad_id=2
-    )
-    assert batched == single
-    with torch.inference_mode():
-        reference = [
-            model.generate(torch.tensor([p]), max_new_tokens=steps, do_sample=False, eos_token_id=eos, pad_token_id=2)[
-                0, len(p) :
-            ].tolist()
-            for p in prompts
-        ]
-    assert [generation._until_eos(r, {eos}) for r in reference] == single
-
-
-def test_batched_beam_search_equals_one_prompt_at_a_time():
-    model = tiny_model("llama").double()
-    prompts = _prompts(4, seed=1)
-    single = [generate_beam(model, [p], max_new_tokens=6, num_beams=4, eos_ids={2}, pad_id=2)[0] for p in prompts]
-    assert (
-        generate_batched(model, prompts, max_new_tokens=6, num_beams=4, batch_size=3, eos_ids={2}, pad_id=2) == single
-    )
-    assert all(len(s) == 6 for s in single)
+def test_preallocated_layer_matches_dynamic_layer_through_row_selection():
+    generator = torch.Generator().manual_seed(0)
+    ours, reference = PreallocatedLayer(capacity=12), DynamicLayer()
+    chunks = [torch.randn(5, 2, length, 3, generator=generator) for length in (4, 1, 1)]
+    for chunk in chunks:
+        ours.update(chunk, -chunk)
+        reference.update(chunk, -chunk)
+    keep = torch.tensor([1, 3, 4])
+    ours.batch_select_indices(keep)
+    reference.batch_select_indices(keep)
+    assert torch.equal(ours.keys, reference.keys) and torch.equal(ours.values, reference.values)
+    step = torch.randn(3, 2, 1, 3, generator=generator)
+    keys, values = ours.update(step, 2 * step)
+    expected_keys, expected_values = reference.update(step, 2 * step)
+    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+    assert keys.shape == (3, 2, 7, 3) and ours.key_buffer.shape[2] == 12  # the capacity is kept, not reallocated
+    ours.batch_select_indices(torch.tensor([2]))
+    assert torch.equal(ours.keys, reference.keys[2:3]) and torch.equal(ours.values[0], expected_values[2])
