@@ -37,6 +37,7 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "datasets"
 LEVELS_ENV = "HYPLORA_LEVELS_DIR"
 LEVELS_FILE = "updated_level1.json"
 DOMAINS = ("math", "commonsense")
+ANSWER_KINDS = ("number", "letter", "label")  # `AnswerFormat.kind`
 
 
 @dataclass(frozen=True)
@@ -751,25 +752,45 @@ def gold_answer(record: dict, label: str, index: int) -> str:
     return stated
 
 
-def answer_format(spec: str | os.PathLike, records: list[dict] = ()) -> AnswerFormat:
+def answer_format(spec: str | os.PathLike, records: list[dict] = (), kind: str | None = None) -> AnswerFormat:
     """The answer format of a registered test set, else the one `records`' gold answers (`gold_answer`) show.
 
-    Numbers (all gold answers parse as finite floats) and single letters A-E are math; anything else
-    is a label-word set made of the distinct answers (commonsense). Training and evaluation both take
-    a file's domain from here (`AnswerFormat.domain`), so they cannot disagree.
+    Numbers (all gold answers parse as finite floats) and single letters A-E are math; answers none of
+    which is a number make a label-word set of the distinct answers (commonsense). A file whose answers
+    are partly numbers is ambiguous (one "four" or "1/2" among numbers): `InputError`, unless `kind`
+    (one of `ANSWER_KINDS`) says the format, and then every gold answer must fit it. Training and
+    evaluation both take a file's domain from here (`AnswerFormat.domain`), so they cannot disagree.
     """
+    if kind is not None and kind not in ANSWER_KINDS:
+        raise InputError(f"answer format {kind!r} is unknown: choose one of {', '.join(ANSWER_KINDS)}")
     test = find_test_set(spec)
     if test is not None:
+        if kind is not None and kind != test.answer.kind:
+            raise InputError(f"{test.name}: its answers are {test.answer.kind}s, not {kind}s (answer format)")
         return test.answer
     if not records:
         raise InputError(
             f"unknown dataset {str(spec)!r}: not a registered test set, and no records to infer its answer format from"
         )
     golds = [gold_answer(record, str(spec), index) for index, record in enumerate(records)]
-    if all(_is_number(gold) for gold in golds):
-        return NUMBER
-    if all(re.fullmatch(r"[A-E]", gold) for gold in golds):
-        return LETTER
+    numbers = [_is_number(gold) for gold in golds]
+    if kind is None and all(numbers):
+        kind = "number"
+    elif kind is None and all(re.fullmatch(r"[A-E]", gold) for gold in golds):
+        kind = "letter"
+    elif kind is None and any(numbers):
+        odd = numbers.index(False)
+        raise InputError(
+            f"{spec}: ambiguous answer format: {sum(numbers)} of {len(golds)} gold answers are numbers but record "
+            f"{odd}'s is {golds[odd]!r}; fix the record, or state the format (hyplora eval --answer-format, "
+            "hyplora train --domain)"
+        )
+    fits = {"number": _is_number, "letter": lambda gold: re.fullmatch(r"[A-E]", gold) is not None}
+    if kind in fits:
+        odd = next((index for index, gold in enumerate(golds) if not fits[kind](gold)), None)
+        if odd is not None:
+            raise InputError(f"{spec}: record {odd}: gold answer {golds[odd]!r} is not a {kind}")
+        return NUMBER if kind == "number" else LETTER
     return AnswerFormat("label", tuple(sorted(set(golds), key=lambda label: (-len(label), label))))
 
 

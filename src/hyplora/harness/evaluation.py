@@ -11,7 +11,8 @@ mode (LLM-Adapters left LoRA dropout active on CUDA) under `torch.inference_mode
 `<dataset>.jsonl` (one line per item), `summary.json`, `results.md` and `accuracy.png`. A re-run
 reuses every item already generated under the same settings key (model weights, mode, beams,
 new-token budget, and in robust mode `ROBUST_RULES_VERSION`) and the same prompt tokens, and only
-re-scores them.
+re-scores them. Items of other settings stay in the file (`merge_items`, under a file lock, so
+concurrent runs into one folder lose nothing); `summary.json` describes the latest run.
 """
 
 import hashlib
@@ -26,8 +27,8 @@ from pathlib import Path
 import torch
 
 from hyplora.errors import InputError
-from hyplora.files import write_atomic
-from hyplora.harness.data import AnswerFormat, answer_format, find_test_set, load_test_set
+from hyplora.files import check_output_dir, write_atomic
+from hyplora.harness.data import ANSWER_KINDS, AnswerFormat, answer_format, find_test_set, load_test_set
 from hyplora.harness.extraction import (
     MODES,
     PAPER_NOTES,
@@ -95,6 +96,14 @@ class EvalOptions:
             "choices": TEMPLATES,
         },
     )
+    answer_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "answer format of the JSON/JSONL test files: number, letter (A-E) or label (words; commonsense). "
+            "Default: from the gold answers; a file mixing numbers and other answers is refused",
+            "choices": ANSWER_KINDS,
+        },
+    )
     levels_dir: str | None = field(
         default=None,
         metadata={"help": "folder with HypLLM's <Name>/updated_level1.json files, for per-level accuracy"},
@@ -111,8 +120,7 @@ class EvalOptions:
             raise InputError(f"unknown prompt template {self.prompt_template!r}: choose one of {', '.join(TEMPLATES)}")
         if self.output_dir is None:
             raise InputError("option output_dir is required")
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise InputError(f"output_dir {self.output_dir} exists and is not a folder")
+        check_output_dir(self.output_dir)
         if isinstance(self.datasets, (str, os.PathLike)) or not self.datasets:
             raise InputError("datasets must be a non-empty list of test-set names or files")
         self.datasets = tuple(str(spec) for spec in self.datasets)
@@ -120,7 +128,7 @@ class EvalOptions:
         if len(set(labels)) != len(labels):
             raise InputError(f"datasets name the same set twice: {', '.join(labels)}")
         for spec in self.datasets:
-            load_test_set(spec, 1, levels_dir=self.levels_dir)
+            answer_format(spec, load_test_set(spec, levels_dir=self.levels_dir), self.answer_format)
 
     @property
     def beams(self) -> int:
@@ -186,6 +194,21 @@ def _jsonl(items: list[dict]) -> str:
     return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
 
 
+def merge_items(path: "str | os.PathLike", items: list[dict]) -> None:
+    """Write `items` into the per-item file `path`, keeping every item already there under another settings key,
+    prompt or index (other adapters, models, budgets, or another process's work). Items are identified by
+    `(settings_key, prompt_hash, index)`; `items` replace their namesakes. A file lock (`.<name>.lock`) makes
+    the read-merge-write one step, so evaluations writing the same folder at once lose nothing."""
+    from filelock import FileLock
+
+    path = Path(path)
+    with FileLock(str(path.with_name(f".{path.name}.lock"))):
+        merged = {(old["settings_key"], old["prompt_hash"], old["index"]): old for old in read_items(path)}
+        merged |= {(item["settings_key"], item["prompt_hash"], item["index"]): item for item in items}
+        ordered = sorted(merged.values(), key=lambda item: (str(item["settings_key"]), str(item["index"])))
+        write_atomic(path, _jsonl(ordered))
+
+
 def file_label(spec: str) -> str:
     """The name of a spec's results (`<label>.jsonl`): the registered name, else a file-system-safe
     `<folder>-<stem>` of the file."""
@@ -211,8 +234,9 @@ class _Dataset:
 
 
 def _prepare(spec: str, tokenizer, options: EvalOptions) -> _Dataset:
-    records = load_test_set(spec, options.limit, levels_dir=options.levels_dir)
-    fmt = answer_format(spec, records)
+    records = load_test_set(spec, levels_dir=options.levels_dir)
+    fmt = answer_format(spec, records, options.answer_format)  # from every record, as training decides it
+    records = records[: options.limit] if options.limit is not None else records
     if options.prompt_template == "alpaca":
         prompts = [eval_prompt(r["instruction"], r.get("input", "")) for r in records]
         prompt_ids = tokenizer(prompts)["input_ids"]
@@ -287,6 +311,9 @@ def evaluate(model, tokenizer, options: EvalOptions, *, run_info: dict | None = 
                 timing=timing,
                 tqdm=tqdm,
             )
+    except KeyboardInterrupt:
+        kept = sum(_kept_items(data, output_dir, fingerprint, options) for data in prepared)
+        raise KeyboardInterrupt(f"interrupted, {kept} items kept in {output_dir} (run again to continue)") from None
     finally:
         model.train(was_training)
     summary = _summary(per_dataset, prepared, options, fingerprint=fingerprint, timing=timing, run_info=run_info)
@@ -294,6 +321,12 @@ def evaluate(model, tokenizer, options: EvalOptions, *, run_info: dict | None = 
     write_atomic(output_dir / "results.md", markdown_table(summary))
     plot_accuracy(summary, output_dir / "accuracy.png")
     return summary
+
+
+def _kept_items(data: _Dataset, output_dir: Path, fingerprint: str, options: EvalOptions) -> int:
+    """How many of this run's items `<label>.jsonl` holds (those a re-run reuses)."""
+    key = settings_key(fingerprint, mode=options.mode, num_beams=options.beams, max_new_tokens=data.max_new_tokens)
+    return sum(item["settings_key"] == key for item in read_items(output_dir / f"{data.label}.jsonl"))
 
 
 def _evaluate_one(
@@ -324,7 +357,7 @@ def _evaluate_one(
             items[index] = _scored_item(data, index, output, len(tokens), key, mode)
             timing["generated_tokens"] += len(tokens)
         timing["generated_items"] += len(batch_indices)
-        write_atomic(path, _jsonl([items[i] for i in sorted(items)]))
+        merge_items(path, [items[i] for i in sorted(items)])
         bar.update(len(batch_indices))
 
     if pending:
@@ -339,7 +372,7 @@ def _evaluate_one(
             on_batch=on_batch,
         )
     else:
-        write_atomic(path, _jsonl([items[i] for i in sorted(items)]))
+        merge_items(path, [items[i] for i in sorted(items)])
     timing["seconds"] += time.perf_counter() - start
     bar.close()
     ordered = [items[i] for i in range(len(data.records))]
