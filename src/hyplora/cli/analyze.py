@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hyplora.errors import InputError
+    from hyplora.files import check_output_dir
     from hyplora.geometry.datasets import available_paper_datasets, load_analysis_dataset
     from hyplora.geometry.norms import load_groups
     from hyplora.geometry.pipeline import AnalysisOptions, run_analysis
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value < (0 if option == "prompt_limit" else 1):
             raise InputError(f"--{option.replace('_', '-')} {value}: must be positive")
+    check_output_dir(args.output_dir)  # before the minutes of computation, not after
     specs = [s.strip() for s in args.datasets.split(",") if s.strip()] if args.datasets else available_paper_datasets()
     if not specs:
         raise InputError("--datasets: no dataset named")

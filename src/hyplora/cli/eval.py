@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(**values)
     if args.merge and args.adapter is None:
         raise InputError("--merge: needs --adapter")
+    if args.adapter is not None:  # a bad adapter folder costs seconds, not a base model's load
+        from hyplora.adapter.loading import check_adapter_folder
+
+        check_adapter_folder(args.adapter)
     model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     if args.adapter is not None:
         from hyplora import load_adapter

@@ -37,6 +37,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 
 from hyplora.errors import InputError, first_line
 from hyplora.files import looks_like_path
@@ -120,11 +121,22 @@ def load_model(
     kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
     if distributed_config is not None:
         kwargs["distributed_config"] = distributed_config
+    kwargs["output_loading_info"] = True
     if folder is not None:
         # the absolute folder becomes the model's name_or_path, which PEFT records as an adapter's base
-        model = _checked_load(AutoModelForCausalLM.from_pretrained, str(folder), str(folder.resolve()), **kwargs)
+        model, info = _checked_load(AutoModelForCausalLM.from_pretrained, str(folder), str(folder.resolve()), **kwargs)
     else:
-        model = _load_from_hub(AutoModelForCausalLM.from_pretrained, str(name_or_path), **kwargs)
+        model, info = _load_from_hub(AutoModelForCausalLM.from_pretrained, str(name_or_path), **kwargs)
+    if info.get("missing_keys"):  # transformers would initialise them at random and only log a warning
+        missing = sorted(info["missing_keys"])
+        raise InputError(
+            f"{name_or_path}: the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}"
+            + (
+                " (delete the cached copy to convert again)"
+                if folder is not None and cache_dir() in folder.parents
+                else ""
+            )
+        )
     tokenizer = load_tokenizer(folder if folder is not None else name_or_path, trust_remote_code=trust_remote_code)
     return model.eval(), tokenizer
 
@@ -241,8 +253,8 @@ def _cached_conversion(key: str, locate_gguf, *, source: str) -> Path:
         return final
     from filelock import FileLock, Timeout
 
-    root.mkdir(parents=True, exist_ok=True)
     try:
+        root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(root / f".{key}.lock"), timeout=_CONVERT_LOCK_TIMEOUT_S):
             if final.is_dir():
                 return final
@@ -258,6 +270,10 @@ def _cached_conversion(key: str, locate_gguf, *, source: str) -> Path:
         raise InputError(
             f"{final}: another process has held the conversion lock for {_CONVERT_LOCK_TIMEOUT_S} s"
         ) from err
+    except OSError as err:  # a read-only or full cache
+        raise InputError(
+            f"{root}: cannot write the model cache ({err.strerror or err}); set HYPLORA_CACHE to a writable folder"
+        ) from None
     return final
 
 
@@ -287,7 +303,7 @@ def _checked_load(loader, label: str, *args, **kwargs):
     try:
         with _hub_offline():
             return loader(*args, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
         raise InputError(f"{label}: cannot load: {first_line(err)}") from err
 
 
