@@ -130,7 +130,8 @@ def load_model(
     if info.get("missing_keys"):  # transformers would initialise them at random and only log a warning
         missing = sorted(info["missing_keys"])
         raise InputError(
-            f"{name_or_path}: the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}"
+            f"{name_or_path}: the weights lack {len(missing)} tensor(s) of the model ({', '.join(missing[:3])}"
+            + (", ...)" if len(missing) > 3 else ")")
             + (
                 " (delete the cached copy to convert again)"
                 if folder is not None and cache_dir() in folder.parents

@@ -360,21 +360,23 @@ def _evaluate_one(
         merge_items(path, [items[i] for i in sorted(items)])
         bar.update(len(batch_indices))
 
-    if pending:
-        generate_batched(
-            model,
-            [data.prompt_ids[i] for i in pending],
-            max_new_tokens=data.max_new_tokens,
-            num_beams=num_beams,
-            batch_size=options.batch_size,
-            eos_ids=eos_ids,
-            pad_id=pad_id,
-            on_batch=on_batch,
-        )
-    else:
-        merge_items(path, [items[i] for i in sorted(items)])
+    try:
+        if pending:
+            generate_batched(
+                model,
+                [data.prompt_ids[i] for i in pending],
+                max_new_tokens=data.max_new_tokens,
+                num_beams=num_beams,
+                batch_size=options.batch_size,
+                eos_ids=eos_ids,
+                pad_id=pad_id,
+                on_batch=on_batch,
+            )
+        else:
+            merge_items(path, [items[i] for i in sorted(items)])
+    finally:  # an error message then starts on a line of its own
+        bar.close()
     timing["seconds"] += time.perf_counter() - start
-    bar.close()
     ordered = [items[i] for i in range(len(data.records))]
     result = {**_accuracy(ordered), "reused": reused, "generated": len(pending), "max_new_tokens": data.max_new_tokens}
     levels = sorted({item["level"] for item in ordered if "level" in item})
