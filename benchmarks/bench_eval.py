@@ -235,32 +235,25 @@ def profile_step(model, tokenizer, records, batch: int, context_steps: int = 100
     groups |= {"o_proj": "q/k/v/o projections", "self_attn": "attention incl. projections", "mlp": "MLP"}
     groups |= {"input_layernorm": "norms", "post_attention_layernorm": "norms", "norm": "norms", "lm_head": "LM head"}
     handles = []
-    for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        key = "base of adapted" if leaf == "base_layer" else groups.get(leaf)
-        if key is None:
-            continue
-        if hasattr(module, "base_layer"):  # an adapted linear: base + branch, timed as a whole too
-            handles.append(
-                module.register_forward_pre_hook(
-                    lambda m, a: started.__setitem__(("adapted", id(m)), time.perf_counter())
-                )
-            )
-            handles.append(
-                module.register_forward_hook(
-                    lambda m, a, o: spent.__setitem__(
-                        "adapted", spent["adapted"] + time.perf_counter() - started.pop(("adapted", id(m)))
-                    )
-                )
-            )
+
+    def timed(module, key: str) -> None:
+        """Add the module's forward time to `spent[key]`."""
         handles.append(
-            module.register_forward_pre_hook(lambda m, a, k=key: started.__setitem__((k, id(m)), time.perf_counter()))
+            module.register_forward_pre_hook(lambda m, a: started.__setitem__((key, id(m)), time.perf_counter()))
         )
         handles.append(
             module.register_forward_hook(
-                lambda m, a, o, k=key: spent.__setitem__(k, spent[k] + time.perf_counter() - started.pop((k, id(m))))
+                lambda m, a, o: spent.__setitem__(key, spent[key] + time.perf_counter() - started.pop((key, id(m))))
             )
         )
+
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if hasattr(module, "base_layer"):  # an adapted linear (base + branch), whatever group it is in
+            timed(module, "adapted")
+        key = "base of adapted" if leaf == "base_layer" else groups.get(leaf)
+        if key is not None:
+            timed(module, key)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
