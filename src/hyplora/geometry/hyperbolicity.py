@@ -29,10 +29,10 @@ Sweeping w costs :math:`\sum_{m \le n} m^2 (m+1)/2 \approx n^4/8` (max, min) ste
 
 Pruning against the running lower bound L, exactly: for :math:`z \notin \{x, y\}` the term is at most
 :math:`\min(r_x, r_y) - P_{xy}` with :math:`r_x = \max_{z \ne x} P_{xz}`, and :math:`z \in \{x, y\}` gives 0;
-a pair whose bound is <= L cannot raise L and is skipped. Every term is a quadruple's value, so L
-is always a lower bound of δ, and :math:`\delta \le 2\delta_0` (a base-point δ bounds every other
-within a factor 2 [2]) bounds it from above: an interrupted sweep returns the bracket
-:math:`[L, 2\delta_0]`.
+a pair whose bound is <= L cannot raise L and is skipped. Every term is at most its quadruple's
+value, so L is always a lower bound of δ, and :math:`\delta \le 2\delta_0` (the Gromov-product
+condition with :math:`\delta_w` at one base point holds with :math:`2\delta_w` at every other [1]) bounds
+it from above: an interrupted sweep returns the bracket :math:`[L, 2\delta_0]`.
 
 References:
     [1] M. Gromov, "Hyperbolic groups", Essays in Group Theory, 1987.
