@@ -288,7 +288,7 @@ def _nan_alpha(folder):
         (_nan_alpha, "NaN is not a valid JSON number"),
         (lambda f: _edit_config(f, curvature=-1.0), "`curvature` must be a finite number > 0"),
         (lambda f: _edit_config(f, input_scaling="cubic"), "input_scaling"),
-        (lambda f: shutil.rmtree(f), "no such adapter folder"),
+        (lambda f: shutil.rmtree(f), "adapter_config.json: no adapter config"),
     ],
 )
 def test_eval_refuses_a_bad_adapter_before_loading_the_model(files, tmp_path, capsys, damage, culprit):

@@ -55,8 +55,6 @@ def check_adapter_folder(path: str | Path) -> PeftConfig:
     """
     path = Path(path)
     config_file, weights = path / "adapter_config.json", path / SAFETENSORS_WEIGHTS_NAME
-    if not path.is_dir():
-        raise InputError(f"{path}: no such adapter folder")
     if not config_file.is_file():
         raise InputError(f"{config_file}: no adapter config (expected a folder written by save_pretrained)")
 
