@@ -161,7 +161,8 @@ def delta_hyperbolicity(
         exact: the four-point δ, by the pruned sweep of base points over the points after them
             (module docstring): at most :func:`exact_delta_work` steps.
         dtype: dtype of the (max, min) product.
-        time_budget_s: with ``exact``, stop after about this many seconds and return the bracket reached.
+        time_budget_s: with ``exact``, stop after about this many seconds and return the bracket reached
+            (checked between rounds of pairs: a base point's :math:`O(n^2)` bounds can overrun it, ~20 s at n = 10^4).
         work_budget: with ``exact``, stop after about this many (max, min) steps likewise.
         device: where the products run (``"cuda"`` runs the same tensor code on a GPU).
         progress: with ``exact``, a tqdm bar over the base points.
