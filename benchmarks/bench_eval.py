@@ -305,6 +305,43 @@ def profile_beam(model, tokenizer, records, num_beams: int = 4, new_tokens: int 
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def engine_at(revision: str):
+    """`hyplora.harness.generation` as committed at git `revision`, imported under another name (the old engine)."""
+    import importlib.util
+    import subprocess
+
+    source = subprocess.run(
+        ["git", "show", f"{revision}:src/hyplora/harness/generation.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "generation_before.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("generation_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def engine_run(engine, model, tokenizer, records, batch_size: int, max_new_tokens: int):
+    """Greedy `generate_batched` of `engine` on the slice's prompts: (outputs, seconds)."""
+    prompts = [tokenizer(eval_prompt(r["instruction"]))["input_ids"] for r in records]
+    eos = eos_token_ids(model, tokenizer)
+    start = time.perf_counter()
+    outputs = engine.generate_batched(
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        num_beams=1,
+        batch_size=batch_size,
+        eos_ids=eos,
+        pad_id=pad_token_id(tokenizer, eos),
+    )
+    return outputs, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=64, help="SVAMP items (default: %(default)s)")
@@ -327,6 +364,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="only to check this script quickly")
     parser.add_argument("--profile-step", type=int, default=0, help="profile one decoding step at this batch")
+    parser.add_argument(
+        "--before",
+        default=None,
+        help="also time the generation engine of this git revision against today's, interleaved (engine rows)",
+    )
     parser.add_argument("--profile-beam", type=int, default=0, help="profile 4-beam search on this many prompts")
     parser.add_argument("--adapter", choices=("none", "lora", "hyplora"), default="none", help="for --profile-step")
     args = parser.parse_args()
@@ -353,7 +395,19 @@ def main() -> None:
 
     # hyplora and the plain batched loop alternate, `--repeats` times: the load of a shared machine drifts
     timings, runs = {}, {}
+    before = engine_at(args.before) if args.before else None
+    engines_identical = []
     for _ in range(args.repeats):
+        if before is not None:  # the generation engine alone, old and new, in the same run
+            import hyplora.harness.generation as now
+
+            outputs = {}
+            for name, engine in ((f"engine at {args.before}", before), ("engine now", now)):
+                load = os.getloadavg()[0]
+                outputs[name], seconds = engine_run(engine, model, tokenizer, records, args.batch_size[0], budget)
+                label = f"{name} (batch {args.batch_size[0]})"
+                timings.setdefault(label, []).append((seconds, sum(map(len, outputs[name])), load))
+            engines_identical.append(sum(a == b for a, b in zip(*outputs.values())))
         for batch_size in args.batch_size:
             load = os.getloadavg()[0]
             runs[batch_size], seconds = hyplora_evaluation(model, tokenizer, args.items, batch_size, budget)
@@ -426,6 +480,10 @@ def main() -> None:
         f"reference loop (same output length: {reference_tokens_agree}/{len(reference)}), {checked_agree}/{len(checked)} "
         f"vs batch-1 generate with the KV cache (responses identical: {checked_identical}/{len(checked)})"
     )
+    if engines_identical:
+        print(
+            f"engine at {args.before} and engine now: identical greedy tokens on {min(engines_identical)}/{len(records)} items"
+        )
     for batch_size in args.batch_size[1:]:
         agree = sum(a["prediction"] == b["prediction"] for a, b in zip(ours, runs[batch_size]))
         print(
