@@ -192,6 +192,16 @@ def test_a_diverging_run_stops_with_an_error_and_saves_no_adapter(files, tmp_pat
     assert not list(out.glob("checkpoint-*"))  # the first step diverged: no checkpoint holds NaN weights
 
 
+def test_a_second_train_into_a_busy_folder_is_refused(files, tmp_path, capsys):
+    from filelock import FileLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with FileLock(str(out / ".train.lock")):  # what a running `hyplora train` holds
+        error_line(capsys, 2, train_argv(files["model"], files["data"], out), "another hyplora train")
+    assert [path.name for path in out.iterdir()] == [".train.lock"]
+
+
 def test_a_finished_run_records_finite_json(files):
     config = (files["run"] / "adapter_config.json").read_text()
     json.loads(config, parse_constant=lambda name: pytest.fail(f"adapter_config.json holds {name}"))

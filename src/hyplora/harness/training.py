@@ -27,6 +27,7 @@ Output folder (`output_dir`)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -439,6 +440,7 @@ class FineTuneRecipe:
         self.model = self.tokenizer = self.trainer = None
         self.train_dataset = self.val_dataset = None
         self.data_report: dict = {}
+        self.run_record: dict | None = None  # train_args.json's "args" and "run", set by train()
 
     # -- fail fast ---------------------------------------------------------------------------------
     def _check_options(self) -> None:
@@ -733,7 +735,9 @@ class FineTuneRecipe:
         if is_main_process():
             self.output_dir.mkdir(parents=True, exist_ok=True)
             facts = self._run_facts()
-            _write_json(self.output_dir / ARGS_FILE, {"args": self.args.to_json(), "run": facts})
+            self.run_record = {"args": self.args.to_json(), "run": facts}
+            if self.checkpoint is None:  # a resumed run's record (a finished run's result too) stays until save()
+                _write_json(self.output_dir / ARGS_FILE, self.run_record)
             logger.info(
                 f"{self.args.method} r={self.args.rank} alpha={self.args.alpha:g} on {self.args.model}:"
                 f" {facts['trainable_params']:,} trainable params ({facts['trainable_percent']:.3f}%),"
@@ -764,8 +768,7 @@ class FineTuneRecipe:
         self.trainer.save_model(str(self.output_dir))
         if self.trainer.is_world_process_zero():
             self._check_saved_adapter()
-            record = json.loads((self.output_dir / ARGS_FILE).read_text())
-            _write_json(self.output_dir / ARGS_FILE, {**record, "result": result})
+            _write_json(self.output_dir / ARGS_FILE, {**self.run_record, "result": result})
             plot_loss(self.trainer.state.log_history, self.output_dir / LOSS_PLOT_FILE)
         return self.output_dir
 
@@ -788,6 +791,28 @@ class FineTuneRecipe:
 def train(args: TrainArgs) -> Path:
     """Fine-tune `args.model` with `args.method` on `args.data`; return the adapter folder."""
     recipe = FineTuneRecipe(args)
-    recipe.setup()
-    result = recipe.train()
-    return recipe.save(result)
+    with output_dir_lock(recipe.output_dir):
+        recipe.setup()
+        result = recipe.train()
+        return recipe.save(result)
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path):
+    """Hold `output_dir/.train.lock` (main process only) for a run, so that a second `train` into the same folder
+    is refused in one line instead of overwriting the first one's checkpoints."""
+    if not is_main_process():
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(output_dir / ".train.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"--output-dir {output_dir}: another hyplora train is writing this folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
