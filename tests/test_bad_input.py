@@ -170,10 +170,11 @@ def test_train_and_analyze_refuse_a_read_only_output_dir(tmp_path, capsys, monke
 
 
 # ----------------------------------------------------------------------------- train: data and model
-def test_an_ambiguous_data_file_is_refused_naming_the_record(files, tmp_path, capsys):
+def test_an_ambiguous_data_file_is_refused_naming_the_record(tmp_path, capsys):
     data = tmp_path / "mixed.json"
     data.write_text(json.dumps(_records([3, 5, "four", 7])))
-    line = error_line(capsys, 2, train_argv(files["model"], data, tmp_path / "run"), "mixed.json", "record 2", "four")
+    argv = train_argv(tmp_path / "no-model", data, tmp_path / "run")  # the data is read before the model loads
+    line = error_line(capsys, 2, argv, "mixed.json", "record 2", "four")
     assert "--domain" in line
     assert load_train_set(str(data), domain="math", against=[]).domains[str(data)] == "math"
 

@@ -438,7 +438,7 @@ class FineTuneRecipe:
         self._check_options()
         self.checkpoint = self._find_checkpoint()
         self.model = self.tokenizer = self.trainer = None
-        self.train_dataset = self.val_dataset = None
+        self.train_dataset = self.val_dataset = self.train_set = None
         self.data_report: dict = {}
         self.run_record: dict | None = None  # train_args.json's "args" and "run", set by train()
 
@@ -556,7 +556,11 @@ class FineTuneRecipe:
     def setup(self) -> None:
         from transformers import set_seed
 
+        from hyplora.harness.data import load_train_set
+
         set_seed(self.args.seed)  # the adapter's initial weights
+        a = self.args  # read the data first: a bad data file costs seconds, not a model load
+        self.train_set = load_train_set(a.data, seed=a.data_order_seed, domain=a.domain)
         self._setup_model()
         self._setup_data()
         self._setup_trainer()
@@ -617,11 +621,10 @@ class FineTuneRecipe:
     def _setup_data(self) -> None:
         from tqdm.auto import tqdm
 
-        from hyplora.harness.data import load_train_set, split_validation
+        from hyplora.harness.data import split_validation
         from hyplora.harness.prompts import tokenize_example
 
-        a = self.args
-        train_set = load_train_set(a.data, seed=a.data_order_seed, domain=a.domain)
+        a, train_set = self.args, self.train_set
         if is_main_process():
             logger.info(train_set.summary())
         train_records, val_records = split_validation(train_set.records, a.val_size, seed=a.data_order_seed)
