@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hyplora import HypLoraConfig
+from hyplora.adapter.loading import check_adapter_folder
 from hyplora.cli import main
 from hyplora.errors import InputError
 from hyplora.harness import evaluation
@@ -299,6 +300,9 @@ def _nan_alpha(folder):
         (_nan_alpha, "NaN is not a valid JSON number"),
         (lambda f: _edit_config(f, curvature=-1.0), "`curvature` must be a finite number > 0"),
         (lambda f: _edit_config(f, input_scaling="cubic"), "input_scaling"),
+        (lambda f: _edit_config(f, form="cubic"), "`form` must be one of"),
+        (lambda f: _edit_config(f, curvature="1.0"), "got '1.0'"),
+        (lambda f: _edit_config(f, r=-1), "r must be a positive integer"),
         (lambda f: shutil.rmtree(f), "adapter_config.json: no adapter config"),
     ],
 )
@@ -309,6 +313,13 @@ def test_eval_refuses_a_bad_adapter_before_loading_the_model(files, tmp_path, ca
     # the model does not exist: the adapter's error shows it was checked first
     error_line(capsys, 2, eval_argv(tmp_path / "no-model", out, "--adapter", str(adapter)), str(adapter.name), culprit)
     assert not out.exists()
+
+
+def test_a_config_key_of_a_newer_version_loads_with_a_warning(files, tmp_path):
+    adapter = _adapter(files, tmp_path)
+    _edit_config(adapter, option_of_a_later_release=3)
+    with pytest.warns(UserWarning, match="option_of_a_later_release"):
+        assert isinstance(check_adapter_folder(adapter), HypLoraConfig)
 
 
 def test_eval_refuses_an_adapter_whose_targets_the_model_lacks(files, tmp_path, capsys):

@@ -155,5 +155,5 @@ class HypLoraConfig(LoraConfig):
     def from_peft_type(cls, **kwargs):
         """Build this class from a saved config, whatever its `peft_type`: `HYPLORA`, or `LORA` (with `use_hyplora:
         true`, as hyplora saved adapters before `SAVED_PEFT_TYPE`), which PEFT would map to a plain `LoraConfig`."""
-        kwargs.pop("peft_type", None)
-        return super().from_peft_type(**kwargs)
+        kwargs["peft_type"] = SAVED_PEFT_TYPE  # PEFT's registry maps it to this class, also in its retry without
+        return super().from_peft_type(**kwargs)  # keys of a newer version (popping it made that retry fail)

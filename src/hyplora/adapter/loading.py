@@ -79,6 +79,9 @@ def check_adapter_folder(path: str | Path) -> PeftConfig:
         config = config_cls.from_pretrained(str(path))
     except (ValueError, TypeError, KeyError) as err:
         raise InputError(f"{config_file}: {first_line(err)}") from None
+    rank = getattr(config, "r", 1)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise InputError(f"{config_file}: r must be a positive integer, got {rank!r}")
     try:
         with safe_open(weights, framework="pt") as tensors:
             names = list(tensors.keys())
