@@ -128,3 +128,9 @@ def test_series_helpers_match_closed_forms_across_the_switch():
     t = torch.tensor([1e-8, 5e-4, 9.99e-4, 1.01e-3, 0.05, 0.2, 3.0], dtype=torch.float64)
     torch.testing.assert_close(lorentz.sinhc(t), torch.sinh(t) / t, rtol=1e-12, atol=0)
     torch.testing.assert_close(lorentz.arsinhc(t), torch.asinh(t) / t, rtol=1e-12, atol=0)
+
+
+def test_arsinhc_slope_is_the_derivative_of_arsinhc_over_t():
+    t = torch.tensor([1e-6, 0.05, 0.099, 0.101, 0.5, 2.0, 50.0], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(lorentz.arsinhc(t).sum(), t)
+    torch.testing.assert_close(lorentz.arsinhc_slope(t.detach()), grad / t.detach(), rtol=1e-6, atol=1e-12)
