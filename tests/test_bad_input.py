@@ -400,6 +400,7 @@ def test_concurrent_writers_lose_no_items(tmp_path):
     assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
     keys = sorted((item["settings_key"], item["index"]) for item in read_items(path))
     assert keys == sorted([("earlier", 0)] + [(key, i) for key in ("a", "b") for i in range(40)])
+    assert [item["index"] for item in read_items(path) if item["settings_key"] == "a"] == list(range(40))
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 

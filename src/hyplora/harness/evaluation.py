@@ -194,6 +194,10 @@ def _jsonl(items: list[dict]) -> str:
     return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
 
 
+def _sort_index(index) -> tuple:
+    return (0, index, "") if isinstance(index, int) else (1, 0, str(index))
+
+
 def merge_items(path: "str | os.PathLike", items: list[dict]) -> None:
     """Write `items` into the per-item file `path`, keeping every item already there under another settings key,
     prompt or index (other adapters, models, budgets, or another process's work). Items are identified by
@@ -205,7 +209,7 @@ def merge_items(path: "str | os.PathLike", items: list[dict]) -> None:
     with FileLock(str(path.with_name(f".{path.name}.lock"))):
         merged = {(old["settings_key"], old["prompt_hash"], old["index"]): old for old in read_items(path)}
         merged |= {(item["settings_key"], item["prompt_hash"], item["index"]): item for item in items}
-        ordered = sorted(merged.values(), key=lambda item: (str(item["settings_key"]), str(item["index"])))
+        ordered = sorted(merged.values(), key=lambda item: (str(item["settings_key"]), _sort_index(item["index"])))
         write_atomic(path, _jsonl(ordered))
 
 
