@@ -380,7 +380,7 @@ def test_ddp_two_processes_save_the_single_process_adapter(tiny_model_dir, arith
 
 
 # -- target modules ---------------------------------------------------------------------------------
-def test_target_modules_accept_names_or_one_regular_expression(tiny_model_dir, tmp_path):
+def test_target_modules_accept_names_or_one_regular_expression(tiny_model_dir, arithmetic_data, tmp_path):
     from peft import get_peft_model
 
     pattern = r".*layers\.0\..*(q_proj|v_proj)"
@@ -399,7 +399,7 @@ def test_target_modules_accept_names_or_one_regular_expression(tiny_model_dir, t
         "base_model.model.model.layers.0.self_attn.v_proj.lora_A",
     }
 
-    recipe = FineTuneRecipe(_args(tiny_model_dir, "unused", tmp_path, target_modules="q_proj,qkv_proj"))
+    recipe = FineTuneRecipe(_args(tiny_model_dir, arithmetic_data, tmp_path, target_modules="q_proj,qkv_proj"))
     with pytest.raises(InputError, match="--target-modules qkv_proj: no such layer"):
         recipe.setup()
 
