@@ -203,3 +203,27 @@ GRID = [
     Eval("gemma", None, MATH, 50, model=GEMMA),
     Eval("gemma", Train("gemma-lr", "hyplora", 3e-3, model=GEMMA), ("svamp",), 50),  # before its rate was chosen
 ]
+
+# ---- round two (docs/results.md, "Round two"): 768 and 1536 examples, the llr form beside the seed form and LoRA
+S768, S1536, LLR = {"eval_steps": 48, "save_steps": 48}, {"eval_steps": 96, "save_steps": 48}, {"form": "llr"}
+METHODS_2 = (("lora", "", {}), ("hyplora", "", {}), ("hyplora", "llr", LLR))
+GRID += [
+    *(Train("lr-grid", "hyplora", lr, variant="llr", options=LLR) for lr in (1e-3, 3e-3, 1e-2)),
+    Train("seeds", "hyplora", Best("lr-grid"), variant="llr", options=LLR),
+    *(
+        Train("ablations", "hyplora", Best("lr-grid", variant=""), variant=f, options={"form": f})
+        for f in ("llr-official", "stereographic")
+    ),
+    *(Train("lr-768", "lora", lr, budget=768, options=S768) for lr in (3e-4, 1e-3, 3e-3)),
+    *(Train("lr-768", "hyplora", lr, budget=768, options=S768) for lr in (1e-3, 3e-3, 1e-2)),
+    *(
+        Train(stage, m, Best("lr-768"), seed, budget=n, variant=v, options={**schedule, **o})
+        for stage, n, schedule, seeds in (("seeds-768", 768, S768, (0, 1)), ("n1536", 1536, S1536, (0,)))
+        for m, v, o in METHODS_2
+        for seed in seeds
+    ),
+    *(
+        Eval("n1536", Train("n1536", m, Best("lr-768"), budget=1536, variant=v, options={**S1536, **o}), MATH, 100)
+        for m, v, o in METHODS_2
+    ),
+]
