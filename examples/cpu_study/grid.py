@@ -209,6 +209,7 @@ S768, S1536, LLR = {"eval_steps": 48, "save_steps": 48}, {"eval_steps": 96, "sav
 METHODS_2 = (("lora", "", {}), ("hyplora", "", {}), ("hyplora", "llr", LLR))
 GRID += [
     *(Train("lr-grid", "hyplora", lr, variant="llr", options=LLR) for lr in (1e-3, 3e-3, 1e-2)),
+    Train("lr-grid", "hyplora", 3e-2, variant="llr", options=LLR),  # llr's lowest loss lay at 1e-2, the top end
     Train("seeds", "hyplora", Best("lr-grid"), variant="llr", options=LLR),
     *(
         Train("ablations", "hyplora", Best("lr-grid", variant=""), variant=f, options={"form": f})
