@@ -31,6 +31,7 @@ GEOMETRY_SET = "svamp"
 # The CPU study's learning rates, chosen per method on validation loss at this budget (docs/results.md).
 LEARNING_RATES = {"hyplora": 3e-3, "lora": 1e-3}
 STUDY_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+STUDY_TABLES = STUDY_RESULTS.parent / "results" / "tables.md"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -180,17 +181,24 @@ def accuracy_table(results: dict, n_items: int) -> str:
 
 
 def study_lines(path: Path = STUDY_RESULTS) -> list[str]:
-    """The CPU study's HypLoRA-vs-LoRA findings, quoted from the committed docs/results.md."""
+    """The CPU study's first findings on validation loss and on HypLoRA - LoRA accuracy, quoted from docs/results.md."""
     if not path.is_file():
         return [f"- {path} is not here: the committed CPU study results are missing."]
-    bullets = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("- ")]
-    wanted = [b for b in bullets if b.startswith(("- Final validation loss", "- Math, HypLoRA vs LoRA"))]
-    if not wanted:
-        return [f"- {path.name} has no 'Final validation loss' / 'Math, HypLoRA vs LoRA' lines: read it directly."]
-    return [f"{line} (docs/results.md)" for line in wanted]
+    items, in_findings = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            in_findings = line.strip() == "### Findings"
+        elif in_findings and re.match(r"\d+\. ", line):
+            items.append(re.sub(r"^\d+\. ", "", line))
+        elif in_findings and items and line.startswith("   "):
+            items[-1] += " " + line.strip()
+    wanted = [next((i for i in items if key in i), None) for key in ("validation loss", "HypLoRA − LoRA")]
+    if not any(wanted):
+        return [f"- {path.name} has no findings on validation loss or HypLoRA − LoRA: read it directly."]
+    return [f"- {item} (docs/results.md)" for item in dict.fromkeys(w for w in wanted if w)]
 
 
-def resolution_lines(results: dict, method: str, study: list[str]) -> list[str]:
+def resolution_lines(results: dict, method: str, tables: Path = STUDY_TABLES) -> list[str]:
     """How large a difference this run and the study can tell from noise (the half-width of a 95% interval)."""
     _, low, high = paired_change(pooled(results[method]), pooled(results["base"]))
     _, acc_low, acc_high = wilson(pooled(results[method]))
@@ -200,14 +208,16 @@ def resolution_lines(results: dict, method: str, study: list[str]) -> list[str]:
         f"{acc_high - acc_low:.1f} points wide and the change against the base ±{(high - low) / 2:.1f} points: "
         "only changes larger than that are more than noise."
     ]
-    for line in study:
-        match = re.search(r"over (\d+) items.*?\[([-+]?\d+\.?\d*), ([-+]?\d+\.?\d*)\]", line)
-        if match:
-            items, low, high = int(match[1]), float(match[2]), float(match[3])
-            lines.append(
-                f"- The study's paired HypLoRA - LoRA interval over {items} items is ±{(high - low) / 2:.1f} points "
-                "(docs/results.md): accuracy differences smaller than that are not resolved even there."
-            )
+    number = r"([-+]?\d+\.?\d*)"
+    row = re.compile(rf"^\| HypLoRA − LoRA \| (\d+) \| (\d+) \| {number} \[{number}, {number}\]", re.MULTILINE)
+    match = row.search(tables.read_text(encoding="utf-8")) if tables.is_file() else None
+    if match:
+        seeds, items, low, high = int(match[1]), int(match[2]), float(match[4]), float(match[5])
+        lines.append(
+            f"- The study's paired HypLoRA − LoRA interval over {items} items and {seeds} seed(s) is "
+            f"±{(high - low) / 2:.1f} points (docs/results/tables.md): accuracy differences smaller than that are "
+            "not resolved even there."
+        )
     return lines
 
 
@@ -265,7 +275,7 @@ def main(argv=None) -> int:
 
     table = accuracy_table(results, args.eval_limit)
     study = study_lines()
-    resolution = resolution_lines(results, "hyplora", study)
+    resolution = resolution_lines(results, "hyplora")
     total = time.perf_counter() - start
     settings = train_args(args, "hyplora").to_json()
     report = {
