@@ -217,6 +217,8 @@ GRID += [
     ),
     *(Train("lr-768", "lora", lr, budget=768, options=S768) for lr in (3e-4, 1e-3, 3e-3)),
     *(Train("lr-768", "hyplora", lr, budget=768, options=S768) for lr in (1e-3, 3e-3, 1e-2)),
+    # llr chose 1e-2 at 192 (1.3289; 3e-3 1.3640, 3e-2 1.3764): that rate and its neighbours
+    *(Train("lr-768", "hyplora", lr, budget=768, variant="llr", options={**S768, **LLR}) for lr in (3e-3, 1e-2, 3e-2)),
     *(
         Train(stage, m, Best("lr-768"), seed, budget=n, variant=v, options={**schedule, **o})
         for stage, n, schedule, seeds in (("seeds-768", 768, S768, (0, 1)), ("n1536", 1536, S1536, (0,)))

@@ -197,11 +197,16 @@ def ablation_table(study: Study) -> list[str]:
     default = study.correct(groups[""], MATH)[0]
     rows = []
     for variant, group in groups.items():
-        scores, loss = study.correct(group, MATH)[0], study.loss(group[0].run)
+        loss = study.loss(group[0].run)
+        if loss is None:  # a later round's line still training
+            continue
+        delta_loss = f"{loss - study.loss(groups[''][0].run):+.4f}"
+        if study.summary(group[0]) is None:  # trained, not evaluated
+            rows.append([variant, f"{loss:.4f}", delta_loss, "—", "—"])
+            continue
+        scores = study.correct(group, MATH)[0]
         change = diff(paired_bootstrap(scores, default)) if variant else "—"
-        rows.append(
-            [variant or "default", f"{loss:.4f}", f"{loss - study.loss(groups[''][0].run):+.4f}", ci(scores), change]
-        )
+        rows.append([variant or "default", f"{loss:.4f}", delta_loss, ci(scores), change])
     return table(["variant", "final val loss", "− default", "pooled accuracy", "− default (points [95%])"], rows)
 
 
