@@ -27,6 +27,7 @@ from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_train_set
 from hyplora.harness.extraction import extract_answer, is_correct, robust_response
 from hyplora.harness.prompts import eval_prompt
+from hyplora.harness.training import DEFAULT_TARGET_MODULES
 
 
 def grpo_dataset(name: str, limit: int) -> Dataset:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None):
         peft_config = HypLoraConfig(
             r=args.rank,
             lora_alpha=2 * args.rank,
-            target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+            target_modules=list(DEFAULT_TARGET_MODULES),
             task_type="CAUSAL_LM",
         )
     trainer = GRPOTrainer(

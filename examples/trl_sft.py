@@ -23,6 +23,7 @@ from hyplora import HypLoraConfig
 from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_train_set
 from hyplora.harness.prompts import train_prompt
+from hyplora.harness.training import DEFAULT_TARGET_MODULES
 
 
 def sft_dataset(name: str, limit: int) -> Dataset:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None):
             r=args.rank,
             lora_alpha=2 * args.rank,
             lora_dropout=0.05,
-            target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+            target_modules=list(DEFAULT_TARGET_MODULES),
             task_type="CAUSAL_LM",
         ),
     )
