@@ -215,10 +215,17 @@ GRID += [
         Train("ablations", "hyplora", Best("lr-grid", variant=""), variant=f, options={"form": f})
         for f in ("llr-official", "stereographic")
     ),
-    *(Train("lr-768", "lora", lr, budget=768, options=S768) for lr in (3e-4, 1e-3, 3e-3)),
-    *(Train("lr-768", "hyplora", lr, budget=768, options=S768) for lr in (1e-3, 3e-3, 1e-2)),
-    # llr chose 1e-2 at 192 (1.3289; 3e-3 1.3640, 3e-2 1.3764): that rate and its neighbours
-    *(Train("lr-768", "hyplora", lr, budget=768, variant="llr", options={**S768, **LLR}) for lr in (3e-3, 1e-2, 3e-2)),
+    # each method's 192 choice and its neighbours (llr chose 1e-2 at 192: 1.3289; 3e-3 1.3640, 3e-2 1.3764); the
+    # choices first, so that an interrupted round has every method's central rate before any neighbour
+    *(
+        Train("lr-768", m, rates[i], budget=768, variant=v, options={**S768, **o})
+        for i in range(3)
+        for m, v, o, rates in (
+            ("lora", "", {}, (1e-3, 3e-4, 3e-3)),
+            ("hyplora", "", {}, (3e-3, 1e-3, 1e-2)),
+            ("hyplora", "llr", LLR, (1e-2, 3e-3, 3e-2)),
+        )
+    ),
     *(
         Train(stage, m, Best("lr-768"), seed, budget=n, variant=v, options={**schedule, **o})
         for stage, n, schedule, seeds in (("seeds-768", 768, S768, (0, 1)), ("n1536", 1536, S1536, (0,)))
