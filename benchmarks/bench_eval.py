@@ -32,6 +32,7 @@ training defaults' targets, random weights, unmerged), with torch.profiler's top
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -51,6 +52,7 @@ from hyplora.harness.generation import (
     _forward_kwargs,
     _left_padded,
     eos_token_ids,
+    generate_batched,
     generate_beam,
     generate_greedy,
     new_cache,
@@ -305,6 +307,126 @@ def profile_beam(model, tokenizer, records, num_beams: int = 4, new_tokens: int 
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+@torch.inference_mode()
+def trace_phases(model, tokenizer, records, batch_size: int, max_new_tokens: int, bound: float) -> None:
+    """Where one greedy `generate_batched` over `records` spends its time: every model forward timed, split into
+    prefill and decoding steps, with the rows and the context of each step and the rate against the matmul bound."""
+    prompts = [tokenizer(eval_prompt(r["instruction"]))["input_ids"] for r in records]
+    eos = eos_token_ids(model, tokenizer)
+    calls, forward = [], model.forward
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = forward(*args, **kwargs)
+        rows, width = kwargs["input_ids"].shape
+        calls.append((rows, width, kwargs["attention_mask"].shape[1], time.perf_counter() - start))
+        return out
+
+    model.forward = timed
+    try:
+        start = time.perf_counter()
+        outputs = generate_batched(
+            model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            num_beams=1,
+            batch_size=batch_size,
+            eos_ids=eos,
+            pad_id=pad_token_id(tokenizer, eos),
+        )
+        total = time.perf_counter() - start
+    finally:
+        del model.forward
+    generated = sum(map(len, outputs))
+    prefill = [c for c in calls if c[1] > 1]
+    steps = [c for c in calls if c[1] == 1]
+    decode_s = sum(c[3] for c in steps)
+    decoded = sum(c[0] for c in steps)
+    print(
+        f"{len(records)} items, batch {batch_size}, {torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.1f}: "
+        f"{total:.1f} s, {generated} generated tokens = {generated / total:.1f} tok/s = {100 * generated / total / bound:.1f}% "
+        f"of the matmul bound ({bound:.0f} tok/s)"
+    )
+    print(
+        f"  prefill: {sum(c[3] for c in prefill):.1f} s in {len(prefill)} call(s), {sum(map(len, prompts))} prompt "
+        f"tokens padded to {sum(c[0] * c[1] for c in prefill)}"
+    )
+    print(
+        f"  decoding: {decode_s:.1f} s in {len(steps)} steps, {statistics.mean(c[0] for c in steps):.1f} rows and "
+        f"context {statistics.mean(c[2] for c in steps):.0f} per step on average: {decoded / decode_s:.1f} tok/s = "
+        f"{100 * decoded / decode_s / bound:.1f}% of the bound"
+    )
+    print(f"  outside the forwards (next token, bookkeeping, row dropping): {total - sum(c[3] for c in calls):.1f} s")
+    print("  | decoding steps by context | rows | context | ms per step (median) | tok/s | % of bound |")
+    print("  |---|---:|---:|---:|---:|---:|")
+    first = min(c[2] for c in steps)
+    for low in range(0, max_new_tokens, 64):
+        part = [c for c in steps if low <= c[2] - first < low + 64]
+        if part:
+            rate = sum(c[0] for c in part) / sum(c[3] for c in part)
+            print(
+                f"  | {low}-{low + 63} | {statistics.mean(c[0] for c in part):.0f} | "
+                f"{statistics.mean(c[2] for c in part):.0f} | {1000 * statistics.median(c[3] for c in part):.0f} | "
+                f"{rate:.0f} | {100 * rate / bound:.1f} |"
+            )
+
+
+def seconds_of(function, repeats: int = 15) -> float:
+    """Median seconds of `function()` after one warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def attention_kernels(batch: int, contexts=(120, 200, 320, 450), kv_heads: int = 3, groups: int = 3) -> None:
+    """One decoding step's attention of one layer (SmolLM2's GQA shapes, keys and values as views of a larger
+    cache buffer, as the engine holds them): SDPA, matmul + softmax, and a `torch.compile`d fused form, in GB/s of
+    keys and values read, beside a plain streaming read of the same bytes."""
+
+    def fused(q, k, v, mask, scale: float):
+        scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(-1) * scale + mask
+        return (scores.softmax(-1).unsqueeze(-1) * v.unsqueeze(2)).sum(-2)
+
+    def matmuls(q, k, v, mask, scale: float):
+        return torch.matmul((torch.matmul(q, k.transpose(-1, -2)) * scale + mask).softmax(-1), v)
+
+    def sdpa(q, k, v, mask, scale: float):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    def streaming_read(q, k, v, mask, scale: float):
+        return k.sum() + v.sum()
+
+    compiled = torch.compile(fused, dynamic=True)
+    kernels = (streaming_read, sdpa, matmuls, compiled)
+    print(
+        f"decoding attention of one layer, batch {batch}, {torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| context | K+V MB | streaming read GB/s | SDPA GB/s | matmul + softmax GB/s | compiled GB/s | max diff to SDPA |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for context in contexts:
+        buffer = torch.randn(2, batch, kv_heads, context + 64, 64)
+        k, v = buffer[0, :, :, :context], buffer[1, :, :, :context]
+        q = torch.randn(batch, kv_heads, groups, 64)
+        mask = torch.zeros(batch, 1, 1, context)
+        mask[: batch // 8, ..., : context // 4] = float("-inf")  # left padding of some rows
+        bytes_read = 2 * k.numel() * 4
+        arguments = (q, k, v, mask, 0.125)
+        rates = [bytes_read / seconds_of(functools.partial(f, *arguments)) / 1e9 for f in kernels]
+        difference = (compiled(*arguments) - sdpa(*arguments)).abs().max().item()
+        print(
+            f"| {context} | {bytes_read / 1e6:.1f} | "
+            + " | ".join(f"{r:.1f}" for r in rates)
+            + f" | {difference:.1e} |"
+        )
+
+
 def engine_at(revision: str):
     """`hyplora.harness.generation` as committed at git `revision`, imported under another name (the old engine)."""
     import importlib.util
@@ -371,12 +493,21 @@ def main() -> None:
     )
     parser.add_argument("--profile-beam", type=int, default=0, help="profile 4-beam search on this many prompts")
     parser.add_argument("--adapter", choices=("none", "lora", "hyplora"), default="none", help="for --profile-step")
+    parser.add_argument(
+        "--trace", action="store_true", help="time every forward of one greedy run at the first batch size: phases"
+    )
+    parser.add_argument(
+        "--attention", type=int, default=0, help="time one layer's decoding attention at this batch: kernels vs GB/s"
+    )
     args = parser.parse_args()
     budget = args.max_new_tokens
 
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     load_before = os.getloadavg()
+    if args.attention:
+        attention_kernels(args.attention)
+        return
     model, tokenizer = load_model("smollm2-135m")
     if args.profile_beam:
         profile_beam(model, tokenizer, load_test_set("svamp", args.profile_beam))
@@ -392,6 +523,9 @@ def main() -> None:
     peak = peak_matmul_gflops()
     bound = peak * 1e9 / (2 * params)
     warm_up(model, tokenizer, records)
+    if args.trace:
+        trace_phases(model, tokenizer, records, args.batch_size[0], budget, bound)
+        return
 
     # hyplora and the plain batched loop alternate, `--repeats` times: the load of a shared machine drifts
     timings, runs = {}, {}
