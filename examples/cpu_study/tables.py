@@ -159,6 +159,25 @@ def loss_grid(study: Study, methods, rates, seeds=SEEDS, **train) -> list[str]:
     return table(header, rows)
 
 
+def rate_grids(study: Study) -> list[str]:
+    """Final validation loss (seed 0) of every rate tried, per method, variant and budget (the primary model's math
+    runs), and the rate chosen once every line of that grid has trained."""
+    grids: dict = {}
+    for line in GRID:
+        if isinstance(line, Train) and isinstance(line.lr, float) and line.stage in ("lr-grid", "lr-768"):
+            if (line.model, line.task, line.seed) == (MODEL, "math", 0):
+                grids.setdefault((line.method, line.variant, line.budget), {})[line.lr] = study.loss(line)
+    rates = sorted({lr for grid in grids.values() for lr in grid})
+    rows = []
+    for (method, variant, budget), grid in grids.items():
+        done = {lr: loss for lr, loss in grid.items() if loss is not None}
+        best = f"{min(done, key=done.get):g}" if len(done) == len(grid) else f"— ({len(done)} of {len(grid)} trained)"
+        cells = ["" if lr not in grid else "…" if grid[lr] is None else f"{grid[lr]:.4f}" for lr in rates]
+        rows.append([f"{LABELS[method]} {variant}".strip(), budget, *cells, best])
+    header = ["", "training examples", *(f"lr {lr:g}" for lr in rates), "chosen lr"]
+    return table(header, rows) + ["(… : in the grid, not trained yet.)", ""]
+
+
 def by_budget(study: Study) -> dict[tuple[str, str], dict[int, list[float]]]:
     """Final validation losses `{(method, variant): {budget: [per seed]}}` of the primary model's math runs at their
     own chosen rate (the grid's `Best` lines without a variant override)."""
@@ -328,6 +347,9 @@ def write_tables(study: Study, output: Path) -> str:
         "## 1. Validation loss: learning-rate grid and seeds (math, 192 examples)",
         "",
         *loss_grid(study, ("lora", "hyplora", "dora"), (3e-4, 1e-3, 3e-3, 1e-2)),
+        "Every method's and budget's rate grid (seed 0):",
+        "",
+        *rate_grids(study),
         "## 2. Validation loss by training budget (each method at its chosen rate)",
         "",
         *budget_table(by_budget(study)),
