@@ -254,6 +254,19 @@ def test_budget_table_and_figure_with_a_second_budget(study, tmp_path, monkeypat
     assert (tmp_path / "budget.png").stat().st_size > 0
 
 
+def test_rate_grids_show_every_budget_and_choose_only_a_complete_grid(tmp_path, monkeypatch):
+    lines = [Train("lr-768", "lora", lr, budget=768) for lr in (3e-4, 1e-3, 3e-3)]
+    lines += [Train("lr-768", "hyplora", lr, budget=768, variant="llr") for lr in (3e-3, 1e-2)]
+    for line, loss in zip(lines, (1.30, 1.21, 1.24, 1.28)):  # the last llr rate has not trained
+        summary(tmp_path, line, result={"val_loss": loss})
+    monkeypatch.setattr(grid, "GRID", lines)
+    monkeypatch.setattr(tables, "GRID", lines)
+    header, _, lora, llr, *_ = tables.rate_grids(tables.Study(tmp_path))
+    assert header.split(" | ")[2:] == ["lr 0.0003", "lr 0.001", "lr 0.003", "lr 0.01", "chosen lr |"]
+    assert lora == "| LoRA | 768 | 1.3000 | 1.2100 | 1.2400 |  | 0.001 |"
+    assert llr == "| HypLoRA llr | 768 |  |  | 1.2800 | … | — (1 of 2 trained) |"
+
+
 # ----------------------------------------------------------------------------- input norms
 def test_input_norms_are_the_norms_each_target_layer_receives(tiny_llama):
     import torch
