@@ -189,6 +189,15 @@ def by_budget(study: Study) -> dict[tuple[str, str], dict[int, list[float]]]:
     return {key: {b: list(s.values()) for b, s in sorted(v.items())} for key, v in found.items()}
 
 
+def gap_to(values: list[float], reference: list[float]) -> tuple[float, float | None]:
+    """mean(values) − mean(reference) and its standard error sqrt(s²_a/n_a + s²_b/n_b) (None unless both have two
+    or more seeds)."""
+    gap = float(np.mean(values) - np.mean(reference))
+    if len(values) < 2 or len(reference) < 2:
+        return gap, None
+    return gap, float(np.sqrt(np.var(values, ddof=1) / len(values) + np.var(reference, ddof=1) / len(reference)))
+
+
 def budget_table(losses: dict) -> list[str]:
     """Mean ± sd of the final validation loss per budget, and its gap to LoRA ± its standard error."""
     rows = []
@@ -197,10 +206,8 @@ def budget_table(losses: dict) -> list[str]:
             lora = losses.get(("lora", ""), {}).get(budget)
             gap = "—"
             if method != "lora" and lora:
-                gap = f"{np.mean(values) - np.mean(lora):+.4f}"
-                if len(values) > 1 and len(lora) > 1:
-                    se = np.sqrt(np.var(values, ddof=1) / len(values) + np.var(lora, ddof=1) / len(lora))
-                    gap += f" ± {se:.4f}"
+                difference, se = gap_to(values, lora)
+                gap = f"{difference:+.4f}" + ("" if se is None else f" ± {se:.4f}")
             loss = f"{np.mean(values):.4f}" + (f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else "")
             rows.append([f"{LABELS[method]} {variant}".strip(), budget, len(values), loss, gap])
     return table(["", "training examples", "seeds", "final val loss, mean ± sd", "− LoRA ± se"], rows)
@@ -440,27 +447,34 @@ def plot_accuracy(study: Study, groups: dict[str, list[Eval]], datasets, path: P
 
 
 def plot_budgets(losses: dict, path: Path) -> None:
-    """Final validation loss against training examples (log x, ± sd over seeds), and each method's gap to LoRA."""
+    """Final validation loss against training examples (log x, ± sd over seeds), and each method's gap to LoRA with
+    its 95% normal interval (± 1.96 se, where both sides have two or more seeds)."""
     plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     lora = losses[("lora", "")]
-    for (method, variant), per_budget in losses.items():
-        label = LABELS[method] + (f" {variant}" if variant else "")
+    every_budget = sorted({b for per_budget in losses.values() for b in per_budget})
+    for k, ((method, variant), per_budget) in enumerate(losses.items()):
+        style = {"label": LABELS[method] + (f" {variant}" if variant else ""), "color": f"C{k}", "marker": "o"}
         budgets = list(per_budget)
         means = [np.mean(v) for v in per_budget.values()]
         sds = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in per_budget.values()]
-        left.errorbar(budgets, means, yerr=sds, marker="o", capsize=3, label=label)
+        left.errorbar(budgets, means, yerr=sds, capsize=3, **style)
         if method != "lora":
             shared = [b for b in budgets if b in lora]
-            gaps = [np.mean(per_budget[b]) - np.mean(lora[b]) for b in shared]
-            right.plot(shared, gaps, "o-", label=label)
+            gaps = [gap_to(per_budget[b], lora[b]) for b in shared]
+            errors = [0 if se is None else 1.96 * se for _, se in gaps]
+            right.errorbar(shared, [gap for gap, _ in gaps], yerr=errors, capsize=3, **style)
     for axes in (left, right):
         axes.set_xscale("log")
+        axes.set_xticks(every_budget, [str(b) for b in every_budget])
+        axes.minorticks_off()
         axes.set_xlabel("training examples (one epoch)")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
-    left.set_ylabel("final validation loss (± sd over seeds)")
-    right.set_ylabel("gap to LoRA (nats/token)")
+    left.set_ylabel("final validation loss (nats/token)")
+    left.set_title("validation loss (± sd over seeds)", fontsize="medium")
+    right.set_ylabel("− LoRA (nats/token)")
+    right.set_title("gap to LoRA (95% interval where both have 2+ seeds)", fontsize="medium")
     right.axhline(0, color="black", linewidth=0.8)
     save_png(figure, path)
 
