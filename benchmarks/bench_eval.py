@@ -52,7 +52,6 @@ from hyplora.harness.generation import (
     _forward_kwargs,
     _left_padded,
     eos_token_ids,
-    generate_batched,
     generate_beam,
     generate_greedy,
     new_cache,
@@ -311,8 +310,9 @@ def profile_beam(model, tokenizer, records, num_beams: int = 4, new_tokens: int 
 def trace_phases(model, tokenizer, records, batch_size: int, max_new_tokens: int, bound: float) -> None:
     """Where one greedy `generate_batched` over `records` spends its time: every model forward timed, split into
     prefill and decoding steps, with the rows and the context of each step and the rate against the matmul bound."""
+    import hyplora.harness.generation as generation
+
     prompts = [tokenizer(eval_prompt(r["instruction"]))["input_ids"] for r in records]
-    eos = eos_token_ids(model, tokenizer)
     calls, forward = [], model.forward
 
     def timed(*args, **kwargs):
@@ -324,17 +324,7 @@ def trace_phases(model, tokenizer, records, batch_size: int, max_new_tokens: int
 
     model.forward = timed
     try:
-        start = time.perf_counter()
-        outputs = generate_batched(
-            model,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            num_beams=1,
-            batch_size=batch_size,
-            eos_ids=eos,
-            pad_id=pad_token_id(tokenizer, eos),
-        )
-        total = time.perf_counter() - start
+        outputs, total = engine_run(generation, model, tokenizer, records, batch_size, max_new_tokens)
     finally:
         del model.forward
     generated = sum(map(len, outputs))
