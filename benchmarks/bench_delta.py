@@ -24,6 +24,7 @@ embeddings of token ids 100..100+n instead of Gaussian points.
     python benchmarks/bench_delta.py                   # the figures in benchmarks/README-delta.md
     python benchmarks/bench_delta.py --sizes 500,1000 --repeats 5
     python benchmarks/bench_delta.py --sizes 0 --exact-sizes 250,500,1000 --points smollm2 --largest-in 60
+    python benchmarks/bench_delta.py --sizes 0 --exact-sizes 1000,2000 --largest-in 60 --device cuda   # on a GPU
 """
 
 import argparse
@@ -75,7 +76,7 @@ def benchmark_points(kind: str, n: int, dim: int) -> np.ndarray:
 def exact_table(args) -> None:
     hypdelta = hypdelta_exhaustive()
     print(
-        f"\nexact δ ({args.points} points): ours = pruned sweep over later points (float32 product); "
+        f"\nexact δ ({args.points} points, sweep on {args.device}): ours = pruned sweep over later points (float32 product); "
         f"every-bp = max over n base points (n^4/2 steps); hypdelta exhaustive: "
         f"{'installed' if hypdelta else 'not installed (pip install hypdelta numba)'}; median of {args.repeats}"
     )
@@ -88,7 +89,8 @@ def exact_table(args) -> None:
     for n in map(int, args.exact_sizes.split(",")):
         points = benchmark_points(args.points, n, args.dim)
         distances = pairwise_distances(points)
-        ours_s, ours = median_time(partial(delta_hyperbolicity, distances, precomputed=True, exact=True), args.repeats)
+        exact = partial(delta_hyperbolicity, distances, precomputed=True, exact=True, device=args.device)
+        ours_s, ours = median_time(exact, args.repeats)
         base = delta_hyperbolicity(distances, precomputed=True)
         cells = []
         for fn, fits in (
@@ -115,7 +117,9 @@ def exact_table(args) -> None:
         while True:
             distances = pairwise_distances(benchmark_points(args.points, n, args.dim))
             start = time.perf_counter()
-            result = delta_hyperbolicity(distances, precomputed=True, exact=True, time_budget_s=args.largest_in)
+            result = delta_hyperbolicity(
+                distances, precomputed=True, exact=True, time_budget_s=args.largest_in, device=args.device
+            )
             seconds = time.perf_counter() - start
             print(
                 f"  n = {n}: {result.method} in {seconds:.1f} s, {result.work:.2e} steps, "
@@ -150,6 +154,7 @@ def main() -> None:
     parser.add_argument("--every-max-n", type=int, default=250, help="largest n for the every-base-point form")
     parser.add_argument("--points", choices=("gaussian", "smollm2"), default="gaussian", help="exact-δ table clouds")
     parser.add_argument("--largest-in", type=float, default=0.0, help="find the largest n with exact δ in S seconds")
+    parser.add_argument("--device", default="cpu", help="where the exact sweep runs (cuda: the same tensor code)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(

@@ -60,17 +60,25 @@ from hyplora.harness.generation import (
 from hyplora.harness.prompts import RESPONSE_SPLIT, eval_prompt
 
 
-def peak_matmul_gflops(size: int = 2048, repeats: int = 7) -> float:
-    """Median GFLOP/s of an fp32 ``size x size`` matmul (2 size^3 FLOPs) at the current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def peak_matmul_gflops(size: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
+    """Median GFLOP/s of an fp32 ``size x size`` matmul (2 size^3 FLOPs) at the current thread count (on `device`)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(2):
         a @ b
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def synchronize(device) -> None:
+    """Wait for queued GPU work, so that a timer reads the work's time (nothing to wait for on a CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def token_forwards(prompt_length: int, new_tokens: int) -> int:
@@ -316,8 +324,10 @@ def trace_phases(model, tokenizer, records, batch_size: int, max_new_tokens: int
     calls, forward = [], model.forward
 
     def timed(*args, **kwargs):
+        synchronize(kwargs["input_ids"].device)
         start = time.perf_counter()
         out = forward(*args, **kwargs)
+        synchronize(kwargs["input_ids"].device)
         rows, width = kwargs["input_ids"].shape
         calls.append((rows, width, kwargs["attention_mask"].shape[1], time.perf_counter() - start))
         return out
@@ -486,6 +496,7 @@ def main() -> None:
     parser.add_argument(
         "--trace", action="store_true", help="time every forward of one greedy run at the first batch size: phases"
     )
+    parser.add_argument("--device", default="cpu", help="where the model runs (cuda: time with --trace)")
     parser.add_argument(
         "--attention", type=int, default=0, help="time one layer's decoding attention at this batch: kernels vs GB/s"
     )
@@ -499,6 +510,7 @@ def main() -> None:
         attention_kernels(args.attention)
         return
     model, tokenizer = load_model("smollm2-135m")
+    model.to(args.device)
     if args.profile_beam:
         profile_beam(model, tokenizer, load_test_set("svamp", args.profile_beam))
         return
@@ -510,7 +522,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     records = load_test_set("svamp", args.items)
     prompt_lengths = [len(ids) for ids in tokenizer([eval_prompt(r["instruction"]) for r in records])["input_ids"]]
-    peak = peak_matmul_gflops()
+    peak = peak_matmul_gflops(device=args.device)
     bound = peak * 1e9 / (2 * params)
     warm_up(model, tokenizer, records)
     if args.trace:

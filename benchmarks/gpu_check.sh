@@ -5,7 +5,9 @@
 #   3. the branch alone in fp16;
 #   4. the autocast matrix on CUDA (model dtype x autocast x input scaling: tests, then the max errors per cell);
 #   5. the benchmark with the forwards under bf16 autocast on a float32 model (what Trainer(bf16=True) runs): the
-#      HypLoRA / LoRA training-step ratio under autocast.
+#      HypLoRA / LoRA training-step ratio under autocast;
+#   6. exact δ on the GPU (issue 17): the pruned sweep at n = 1000 and 2000, and the largest n done in 30 s;
+#   7. greedy decoding of SmolLM2-135M on the GPU, traced: prefill vs decoding steps against the fp32 matmul bound.
 # Needs a CUDA build of torch and `pip install -e .[dev]`. Output: stdout, and $OUT/gpu_check.log when OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +21,6 @@ log="${OUT:-/tmp}/gpu_check.log"
   HYPLORA_TEST_DEVICE=cuda python -m pytest -q -p no:xdist tests/test_precision.py -k "literal_form or finite"
   python benchmarks/precision_matrix.py --device cuda
   python benchmarks/bench_adapter.py --device cuda --autocast bf16 --dim 4096 --tokens 8192
+  python benchmarks/bench_delta.py --sizes 0 --exact-sizes 1000,2000 --every-max-n 0 --repeats 1 --largest-in 30 --device cuda
+  python benchmarks/bench_eval.py --device cuda --items 256 --batch-size 64 --trace
 } 2>&1 | tee "$log"
