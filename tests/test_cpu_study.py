@@ -267,6 +267,29 @@ def test_rate_grids_show_every_budget_and_choose_only_a_complete_grid(tmp_path, 
     assert llr == "| HypLoRA llr | 768 |  |  | 1.2800 | … | — (1 of 2 trained) |"
 
 
+def test_budget_accuracy_waits_for_every_evaluation_then_pairs_each_form_with_lora(tmp_path, monkeypatch):
+    runs = [
+        Train("n1536", m, 1e-3, budget=1536, variant=v) for m, v in (("lora", ""), ("hyplora", ""), ("hyplora", "llr"))
+    ]
+    evaluations = [Eval("n1536", r, MATH, 10) for r in runs]
+    monkeypatch.setattr(grid, "GRID", runs + evaluations)
+    monkeypatch.setattr(tables, "GRID", runs + evaluations)
+    correct = {"lora": [1] * 3 + [0] * 7, "hyplora": [1] * 2 + [0] * 8, "llr": [1] * 5 + [0] * 5}
+    for e, key in zip(evaluations[:2], correct):
+        summary(tmp_path, e, items={d: {"correct": correct[key]} for d in MATH})
+    assert tables.budget_accuracy(tables.Study(tmp_path)) == [
+        "Not evaluated yet: 2 of 3 evaluations have a summary.",
+        "",
+    ]
+    summary(tmp_path, evaluations[2], items={d: {"correct": correct["llr"]} for d in MATH})
+    rows = {line.split(" | ")[0][2:]: line for line in tables.budget_accuracy(tables.Study(tmp_path)) if "|" in line}
+    assert rows["HypLoRA llr"].endswith("| 50.0 [38.6, 61.4] |  |")  # pooled over 7 x 10 items
+    assert rows["LoRA"].endswith("| 30.0 [20.0, 41.4] |  |")
+    assert rows["HypLoRA llr − LoRA"].startswith("| HypLoRA llr − LoRA | 1 | 70 | +20.0 [+11.4, +30.0] |")
+    assert rows["HypLoRA llr − LoRA"].endswith("| 14 / 0, p = 0.000122 |")
+    assert rows["HypLoRA − HypLoRA llr"].endswith("| 0 / 21, p = 9.54e-07 |")
+
+
 # ----------------------------------------------------------------------------- input norms
 def test_input_norms_are_the_norms_each_target_layer_receives(tiny_llama):
     import torch

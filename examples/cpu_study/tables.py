@@ -336,6 +336,20 @@ def math_groups() -> dict[str, list[Eval]]:
     return {LABELS[m]: evals(m, MATH, 100, (0,) if m == "base" else SEEDS) for m in LABELS}
 
 
+def budget_accuracy(study: Study, stage: str = "n1536") -> list[str]:
+    """Accuracy of `stage`'s evaluations (round two: each method at 1536 examples, seed 0) and the paired
+    differences of every hyperbolic form against LoRA and of the two forms; a line saying what is missing until
+    every one of them has a summary."""
+    lines = [line for line in GRID if isinstance(line, Eval) and line.stage == stage]
+    groups = {f"{LABELS[e.run.method]} {e.run.variant}".strip(): [e] for e in lines}
+    done = sum(study.summary(e) is not None for e in lines)
+    if done < len(lines):
+        return [f"Not evaluated yet: {done} of {len(lines)} evaluations have a summary.", ""]
+    forms = [label for label in groups if label != "LoRA"]
+    which = [(form, "LoRA") for form in forms] + [(a, b) for i, a in enumerate(forms) for b in forms[i + 1 :]]
+    return accuracy_table(study, groups, MATH) + comparisons(study, pairs(groups, which), MATH)
+
+
 def pairs(groups: dict[str, list[Eval]], which=PAIRS) -> dict[str, tuple[list[Eval], list[Eval]]]:
     return {f"{a} − {b}": (groups[a], groups[b]) for a, b in which}
 
@@ -397,6 +411,9 @@ def write_tables(study: Study, output: Path) -> str:
         "## 12. Compute",
         "",
         *compute_table(study),
+        "## 13. Math accuracy at 1536 training examples (round two, seed 0, each method at its 768 rate)",
+        "",
+        *budget_accuracy(study),
     ]
     text = "\n".join(lines)
     output.parent.mkdir(parents=True, exist_ok=True)
