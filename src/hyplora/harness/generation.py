@@ -61,6 +61,19 @@ class PreallocatedLayer(DynamicLayer):
             self.key_buffer, self.value_buffer = self.key_buffer[:rows], self.value_buffer[:rows]
             self.keys, self.values = self.key_buffer[:, :, filled], self.value_buffer[:, :, filled]
 
+    def reorder_cache(self, beam_idx):
+        """Beam search: row i takes the filled positions of row `beam_idx[i]`, in place.
+
+        Only the rows whose source is another row are copied (`DynamicLayer` gathers every row and, at the next
+        step, concatenates the whole cache again).
+        """
+        if self.is_initialized and self.length:
+            moved = (beam_idx != torch.arange(len(beam_idx), device=beam_idx.device)).nonzero().flatten()
+            if len(moved):
+                filled = slice(0, self.length)
+                for buffer in (self.key_buffer, self.value_buffer):
+                    buffer[moved, :, filled] = buffer[beam_idx[moved], :, filled]  # the source is read first
+
 
 def new_cache(model, capacity: int) -> DynamicCache:
     """A `DynamicCache` for `model` whose full-attention layers are `PreallocatedLayer`s (sliding ones stay as they are)."""
@@ -169,7 +182,8 @@ def generate_greedy(
 def generate_beam(
     model, prompts: list[list[int]], *, max_new_tokens: int, num_beams: int, eos_ids: set[int], pad_id: int
 ) -> list[list[int]]:
-    """Beam search of one left-padded batch with `transformers`' `generate` (no sampling, as LLM-Adapters).
+    """Beam search of one left-padded batch with `transformers`' `generate` (no sampling, as LLM-Adapters), on a
+    preallocated cache (rows reordered in place, nothing concatenated).
 
     Every knob of beam search is set to `GenerationConfig`'s defaults explicitly: `generate` would fill
     unset ones from the model's own `generation_config` (a repetition penalty, say), which LLM-Adapters'
@@ -189,7 +203,11 @@ def generate_beam(
         eos_token_id=sorted(eos_ids),
         pad_token_id=pad_id,
     )
-    sequences = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    cache_kwarg, _ = _forward_kwargs(model)
+    cache = new_cache(model, capacity=input_ids.shape[1] + max_new_tokens)
+    sequences = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **{cache_kwarg: cache}
+    )
     return [_until_eos(row, eos_ids) for row in sequences[:, input_ids.shape[1] :].tolist()]
 
 
