@@ -63,16 +63,12 @@ from hyplora.harness.prompts import RESPONSE_SPLIT, eval_prompt
 def peak_matmul_gflops(size: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
     """Median GFLOP/s of an fp32 ``size x size`` matmul (2 size^3 FLOPs) at the current thread count (on `device`)."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
+
+    def matmul():
         a @ b
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+
+    return 2 * size**3 / seconds_of(matmul, repeats) / 1e9
 
 
 def synchronize(device) -> None:

@@ -40,6 +40,11 @@ PAIRS = (("HypLoRA", "LoRA"), ("HypLoRA", "DoRA"), ("DoRA", "LoRA"))
 SEEDS = (0, 1, 2)
 
 
+def method_label(method: str, variant: str = "") -> str:
+    """A method's name in tables and figures, with its variant (a HypLoRA form or an ablation) when it has one."""
+    return f"{LABELS[method]} {variant}".strip()
+
+
 class Study:
     """The committed summaries, looked up through grid lines (a `Best` rate resolves to the chosen one)."""
 
@@ -173,7 +178,7 @@ def rate_grids(study: Study) -> list[str]:
         done = {lr: loss for lr, loss in grid.items() if loss is not None}
         best = f"{min(done, key=done.get):g}" if len(done) == len(grid) else f"— ({len(done)} of {len(grid)} trained)"
         cells = ["" if lr not in grid else "…" if grid[lr] is None else f"{grid[lr]:.4f}" for lr in rates]
-        rows.append([f"{LABELS[method]} {variant}".strip(), budget, *cells, best])
+        rows.append([method_label(method, variant), budget, *cells, best])
     header = ["", "training examples", *(f"lr {lr:g}" for lr in rates), "chosen lr"]
     return table(header, rows) + ["(… : in the grid, not trained yet.)", ""]
 
@@ -209,7 +214,7 @@ def budget_table(losses: dict) -> list[str]:
                 difference, se = gap_to(values, lora)
                 gap = f"{difference:+.4f}" + ("" if se is None else f" ± {se:.4f}")
             loss = f"{np.mean(values):.4f}" + (f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else "")
-            rows.append([f"{LABELS[method]} {variant}".strip(), budget, len(values), loss, gap])
+            rows.append([method_label(method, variant), budget, len(values), loss, gap])
     return table(["", "training examples", "seeds", "final val loss, mean ± sd", "− LoRA ± se"], rows)
 
 
@@ -341,7 +346,7 @@ def budget_accuracy(study: Study, stage: str = "n1536") -> list[str]:
     differences of every hyperbolic form against LoRA and of the two forms; a line saying what is missing until
     every one of them has a summary."""
     lines = [line for line in GRID if isinstance(line, Eval) and line.stage == stage]
-    groups = {f"{LABELS[e.run.method]} {e.run.variant}".strip(): [e] for e in lines}
+    groups = {method_label(e.run.method, e.run.variant): [e] for e in lines}
     done = sum(study.summary(e) is not None for e in lines)
     if done < len(lines):
         return [f"Not evaluated yet: {done} of {len(lines)} evaluations have a summary.", ""]
@@ -471,7 +476,7 @@ def plot_budgets(losses: dict, path: Path) -> None:
     lora = losses[("lora", "")]
     every_budget = sorted({b for per_budget in losses.values() for b in per_budget})
     for k, ((method, variant), per_budget) in enumerate(losses.items()):
-        style = {"label": LABELS[method] + (f" {variant}" if variant else ""), "color": f"C{k}", "marker": "o"}
+        style = {"label": method_label(method, variant), "color": f"C{k}", "marker": "o"}
         budgets = list(per_budget)
         means = [np.mean(v) for v in per_budget.values()]
         sds = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in per_budget.values()]
