@@ -347,3 +347,12 @@ def test_bad_files_and_options(tiny_llama, smollm2_tokenizer, tmp_path):
     assert "num_beams" in one_line_error(
         run_eval, tiny_llama, smollm2_tokenizer, ["svamp"], num_beams=0, output_dir=tmp_path, **run
     )
+
+
+def test_batch_size_defaults_to_64_prompts_greedy_and_32_with_beams(tmp_path):
+    def batch(**options):
+        return ev.EvalOptions(["svamp"], output_dir=tmp_path / "out", **options).batch
+
+    assert batch(mode="robust") == 64 and batch(mode="paper") == 32
+    assert batch(mode="paper", num_beams=1) == 64 and batch(mode="robust", num_beams=2) == 32
+    assert batch(mode="paper", batch_size=5) == 5

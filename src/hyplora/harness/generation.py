@@ -14,6 +14,7 @@ from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
 from hyplora.errors import InputError
+from hyplora.harness.decode_attention import decoding_kernel
 
 COMPACT_FRACTION = 0.125
 """`generate_greedy` drops finished rows once they are this fraction of the batch (copying the cache costs)."""
@@ -229,19 +230,20 @@ def generate_batched(
     """
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[list[int] | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch = [prompts[i] for i in indices]
-        if num_beams == 1:
-            new = generate_greedy(model, batch, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
-        else:
-            new = generate_beam(
-                model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams, eos_ids=eos_ids, pad_id=pad_id
-            )
-        for i, tokens in zip(indices, new):
-            outputs[i] = tokens
-        if on_batch is not None:
-            on_batch(indices, new)
+    with decoding_kernel(model):
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = [prompts[i] for i in indices]
+            if num_beams == 1:
+                new = generate_greedy(model, batch, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
+            else:
+                new = generate_beam(
+                    model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams, eos_ids=eos_ids, pad_id=pad_id
+                )
+            for i, tokens in zip(indices, new):
+                outputs[i] = tokens
+            if on_batch is not None:
+                on_batch(indices, new)
     return outputs
 
 
