@@ -153,3 +153,13 @@ def test_the_switch_turns_the_kernel_off(monkeypatch):
         assert decode_attention.kernel() is None
     finally:
         decode_attention.kernel.cache_clear()
+
+
+def test_each_kind_of_cpu_gets_its_own_build(kernel, monkeypatch):
+    # a -march=native build must not be loaded by another CPU sharing the cache (a cluster's home directory)
+    assert kernel.__name__ == decode_attention.build_name()
+    names = set()
+    for flags in ("flags\t: fpu sse2 avx2 fma", "flags\t: fpu sse2 avx2 fma avx512f"):
+        monkeypatch.setattr(decode_attention.Path, "read_text", lambda self, flags=flags: f"processor\t: 0\n{flags}\n")
+        names.add(decode_attention.build_name())
+    assert len(names) == 2

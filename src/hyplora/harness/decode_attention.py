@@ -5,13 +5,14 @@ In a decoding step each row's one query position attends to its whole cache: per
 (benchmarks/README-eval.md). ``kernels/decode_attention.cpp`` reads each key and value once with all ``G`` query
 heads of a KV head in registers: 1.5-2.4x SDPA on SmolLM2's shapes, the same results to float32 rounding.
 
-The kernel is compiled on first use with `torch.utils.cpp_extension` (a C++ compiler and ninja, ~25 s, cached
-after). Where that fails, or for anything but float32 single-position decoding on a CPU with a boolean mask,
+The kernel is compiled on first use with `torch.utils.cpp_extension` (a C++ compiler and ninja, ~30 s, cached
+after, one build per kind of CPU). Where that fails, or for anything but float32 single-position decoding on a CPU with a boolean mask,
 attention is SDPA's. ``HYPLORA_DECODE_KERNEL=0`` turns the kernel off.
 """
 
 import contextlib
 import functools
+import hashlib
 import os
 import platform
 import warnings
@@ -28,6 +29,17 @@ SOURCE = Path(__file__).with_name("kernels") / "decode_attention.cpp"
 HEAD_DIMS = (64, 128, 256)
 
 
+def build_name() -> str:
+    """The extension's name, one per kind of CPU: code built with ``-march=native`` must not be loaded by another CPU
+    that shares the build cache (a cluster's home directory), so the name carries a hash of the CPU's feature flags."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        features = next(line for line in cpuinfo if line.startswith(("flags", "Features", "model name")))
+    except (OSError, StopIteration):
+        features = f"{platform.machine()} {platform.processor()}"
+    return "hyplora_decode_attention_" + hashlib.sha256(features.encode()).hexdigest()[:10]
+
+
 @functools.cache
 def kernel():
     """The compiled extension, or None (with one warning saying why) where it cannot be built or is turned off."""
@@ -39,7 +51,7 @@ def kernel():
         ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
     )
     try:
-        return cpp_extension.load("hyplora_decode_attention", [str(SOURCE)], extra_cflags=flags, verbose=False)
+        return cpp_extension.load(build_name(), [str(SOURCE)], extra_cflags=flags, verbose=False)
     except Exception as error:  # no compiler, no ninja, an unsupported platform: SDPA does the work
         warnings.warn(
             f"hyplora: the CPU decoding-attention kernel ({SOURCE.name}) could not be built, SDPA is used instead: "
