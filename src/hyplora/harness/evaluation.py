@@ -141,8 +141,9 @@ class EvalOptions:
 
     @property
     def batch(self) -> int:
-        """`batch_size`, else 64 prompts for greedy decoding (10% faster than 32 on a CPU, benchmarks/README-eval.md)
-        and 32 for beam search (32 x 4 beams = 128 sequences; the KV cache of a 7B model at 64 x 4 does not fit 80 GB)."""
+        """`batch_size`, else 64 prompts for greedy decoding (a 64-item run 1.2x faster than at 32 on a CPU,
+        benchmarks/README-eval.md) and 32 for beam search (32 x 4 beams = 128 sequences; a 7B model's KV cache at
+        64 x 4 sequences would not fit 80 GB)."""
         if self.batch_size is not None:
             return self.batch_size
         return GREEDY_BATCH_SIZE if self.beams == 1 else BEAM_BATCH_SIZE
