@@ -98,19 +98,20 @@ def test_attention_forward_hands_everything_but_a_float32_decoding_step_to_sdpa(
     assert len(calls) == 1 and calls[0][3].shape == (2, 6)  # the (B, 1, 1, T) mask passed as (B, T)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma"])
-def test_greedy_tokens_are_sdpas_and_the_attention_implementation_comes_back(kernel, arch, monkeypatch):
+@pytest.mark.parametrize("arch,num_beams", [("llama", 1), ("gemma", 1), ("llama", 3)])
+def test_generated_tokens_are_sdpas_and_the_attention_implementation_comes_back(kernel, arch, num_beams, monkeypatch):
     # head_dim 64 (the kernel's smallest); Gemma 3: a sliding-window layer (4 positions) and a full one
     gemma = {"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 4} if arch == "gemma" else {}
     model = tiny_model(arch, head_dim=64, **gemma)
     prompts = [[5, 17, 250, 3001, 42, 7, 9], [7, 8], [900, 901, 902, 11]]
-    options = dict(max_new_tokens=20, num_beams=1, batch_size=3, eos_ids={2}, pad_id=0)
+    options = dict(max_new_tokens=20, num_beams=num_beams, batch_size=3, eos_ids={2}, pad_id=0)
     calls = []
     computed = decode_attention.decode_attention
     monkeypatch.setattr(decode_attention, "decode_attention", lambda *a: calls.append(a[1].shape) or computed(*a))
     with_kernel = generate_batched(model, prompts, **options)
     assert model.config._attn_implementation == "sdpa"  # restored after the run
     assert len(calls) >= 19 * model.config.num_hidden_layers  # every layer of every decoding step
+    assert num_beams == 1 or all(shape[0] == len(prompts) * num_beams for shape in calls)  # every beam
     monkeypatch.setattr(decode_attention, "kernel", lambda: None)
     assert with_kernel == generate_batched(model, prompts, **options)
     assert max(map(len, with_kernel)) > 8
