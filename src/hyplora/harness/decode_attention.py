@@ -80,7 +80,6 @@ def _kernel_applies(query, key, attention_mask, kwargs) -> bool:
         )
         and all(kwargs.get(name) is None for name in ("softcap", "s_aux", "position_bias"))
         and not kwargs.get("output_attentions", False)
-        and kernel() is not None
     )
 
 
@@ -97,6 +96,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
 
 
 def _register() -> None:
+    """Register the attention function (only ever done once the kernel is built, so it never runs without it)."""
     if IMPLEMENTATION not in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionInterface.register(IMPLEMENTATION, attention_forward)
         ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
@@ -104,10 +104,9 @@ def _register() -> None:
 
 @contextlib.contextmanager
 def decoding_kernel(model):
-    """Within the block, a CPU float32 ``model`` (or PeftModel) whose attention is SDPA decodes with the kernel;
-    its attention implementation is restored on exit. Any other model is left as it is."""
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    previous = getattr(config, "_attn_implementation", None)
+    """Within the block, a CPU float32 `transformers` ``model`` (a PeftModel's base model) whose attention is SDPA
+    decodes with the kernel; its attention implementation is restored on exit. Any other model is left as it is."""
+    previous = getattr(model.config, "_attn_implementation", None)
     parameter = next(model.parameters(), None)
     usable = (
         previous == "sdpa"
@@ -120,9 +119,8 @@ def decoding_kernel(model):
         yield model
         return
     _register()
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    target.set_attn_implementation(IMPLEMENTATION)
+    model.set_attn_implementation(IMPLEMENTATION)
     try:
         yield model
     finally:
-        target.set_attn_implementation(previous)
+        model.set_attn_implementation(previous)

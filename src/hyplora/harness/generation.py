@@ -230,7 +230,7 @@ def generate_batched(
     """
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[list[int] | None] = [None] * len(prompts)
-    with decoding_kernel(model):
+    with decoding_kernel(base_model(model)):
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = [prompts[i] for i in indices]
