@@ -25,7 +25,11 @@ FLOP/s / (2 x parameters), all measured in this run. Check `uptime` first: the m
 q/k/v/o projections, MLP, norms, LM head, the adapter branch with --adapter lora|hyplora, rank 32 on the
 training defaults' targets, random weights, unmerged), with torch.profiler's top operators.
 
+--compare-branches: greedy runs with HypLoRA's autograd branch and its fused C++ one (`hyplora.adapter.layer.fused_branch`)
+alternating, tokens compared; `--branch autograd` runs every other mode on the autograd branch.
+
     python benchmarks/bench_eval.py --threads 1          # the figures in benchmarks/README-eval.md
+    python benchmarks/bench_eval.py --threads 1 --compare-branches --repeats 2
     python benchmarks/bench_eval.py --threads 1 --profile-step 64 --adapter hyplora
     python benchmarks/bench_eval.py --threads 1 --profile-beam 8     # paper mode's 4-beam search, profiled
     python benchmarks/bench_eval.py --items 128 --batch-size 64 32 --reference-items 2 --check-items 16
@@ -44,6 +48,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.utils import logging as hf_logging
 
+from hyplora.adapter import layer as hyplora_layer
 from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_test_set
 from hyplora.harness.evaluation import EvalOptions, evaluate, read_items
@@ -470,6 +475,40 @@ def engine_run(engine, model, tokenizer, records, batch_size: int, max_new_token
     return outputs, time.perf_counter() - start
 
 
+FUSED_APPLIES = hyplora_layer._fused_applies
+
+
+def use_branch(branch: str) -> None:
+    """HypLoRA's branch at inference from now on: ``fused`` (the C++ kernel inside the evaluator's generation, the
+    default) or ``autograd`` (the PyTorch path, as before it)."""
+    hyplora_layer._fused_applies = FUSED_APPLIES if branch == "fused" else (lambda *tensors: False)
+
+
+def compare_branches(model, tokenizer, records, batch_size: int, budget: int, bound: float, repeats: int) -> None:
+    """Greedy runs of today's engine with HypLoRA's autograd branch and its fused one, alternating: seconds, tokens/s
+    against the matmul bound, and whether the tokens are identical."""
+    import hyplora.harness.generation as engine
+
+    timings, identical = {}, []
+    for _ in range(repeats):
+        outputs = {}
+        for branch in ("autograd", "fused"):
+            use_branch(branch)
+            outputs[branch], seconds = engine_run(engine, model, tokenizer, records, batch_size, budget)
+            timings.setdefault(branch, []).append((seconds, sum(map(len, outputs[branch]))))
+        identical.append(sum(a == b for a, b in zip(outputs["autograd"], outputs["fused"])))
+    use_branch("fused")
+    print(f"HypLoRA (seed, rank 32, random weights, unmerged), {len(records)} SVAMP items, batch {batch_size}:")
+    print("| branch | s per run | s (median) | gen tok/s | % of matmul bound (whole run) |")
+    print("|---|---|---:|---:|---:|")
+    for branch, runs_of_branch in timings.items():
+        seconds = statistics.median(run[0] for run in runs_of_branch)
+        rate = runs_of_branch[0][1] / seconds
+        listed = ", ".join(f"{run[0]:.1f}" for run in runs_of_branch)
+        print(f"| {branch} | {listed} | {seconds:.1f} | {rate:.1f} | {100 * rate / bound:.1f} |")
+    print(f"greedy tokens identical (autograd vs fused): {min(identical)}/{len(records)} items in every repeat")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=64, help="SVAMP items (default: %(default)s)")
@@ -511,6 +550,17 @@ def main() -> None:
     parser.add_argument(
         "--attention", type=int, default=0, help="time one layer's decoding attention at this batch: kernels vs GB/s"
     )
+    parser.add_argument(
+        "--branch",
+        choices=("fused", "autograd"),
+        default="fused",
+        help="HypLoRA's branch at inference in every mode: the C++ kernel or the PyTorch path (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compare-branches",
+        action="store_true",
+        help="time HypLoRA's autograd and fused branches, alternating `--repeats` times (implies --adapter hyplora)",
+    )
     args = parser.parse_args()
     budget = args.max_new_tokens
 
@@ -520,8 +570,9 @@ def main() -> None:
     if args.attention:
         attention_kernels(args.attention)
         return
+    use_branch(args.branch)
     model, tokenizer = load_model("smollm2-135m")
-    model = adapted(model.to(args.device), args.adapter)
+    model = adapted(model.to(args.device), "hyplora" if args.compare_branches else args.adapter)
     if args.profile_beam:
         profile_beam(model, tokenizer, load_test_set("svamp", args.profile_beam))
         return
@@ -536,6 +587,9 @@ def main() -> None:
     warm_up(model, tokenizer, records)
     if args.trace:
         trace_phases(model, tokenizer, records, args.batch_size[0], budget, bound)
+        return
+    if args.compare_branches:
+        compare_branches(model, tokenizer, records, args.batch_size[0], budget, bound, args.repeats)
         return
 
     # hyplora and the plain batched loop alternate, `--repeats` times: the load of a shared machine drifts

@@ -1,8 +1,6 @@
 """The CPU decoding-attention kernel: SDPA's results on every shape it takes, SDPA itself for the rest, and the
 same greedy tokens through `generate_batched` on Llama (GQA) and Gemma 3 (sliding window) models."""
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from hyplora import kernels
 from hyplora.harness import decode_attention
 from hyplora.harness.base_models import tiny_model
 from hyplora.harness.generation import generate_batched
@@ -17,8 +16,8 @@ from hyplora.harness.generation import generate_batched
 
 @pytest.fixture(scope="module")
 def kernel():
-    built = decode_attention.kernel()
-    assert built is not None, "the kernel must build here (a C++ compiler and ninja are in the test setup)"
+    built = kernels.extension()
+    assert built is not None, "the kernels must build here (a C++ compiler and ninja are in the test setup)"
     return built
 
 
@@ -112,7 +111,7 @@ def test_generated_tokens_are_sdpas_and_the_attention_implementation_comes_back(
     assert model.config._attn_implementation == "sdpa"  # restored after the run
     assert len(calls) >= 19 * model.config.num_hidden_layers  # every layer of every decoding step
     assert num_beams == 1 or all(shape[0] == len(prompts) * num_beams for shape in calls)  # every beam
-    monkeypatch.setattr(decode_attention, "kernel", lambda: None)
+    monkeypatch.setattr(kernels, "extension", lambda: None)
     assert with_kernel == generate_batched(model, prompts, **options)
     assert max(map(len, with_kernel)) > 8
 
@@ -124,43 +123,3 @@ def test_models_the_kernel_does_not_cover_are_left_alone(kernel):
         before = model.config._attn_implementation
         with decode_attention.decoding_kernel(model):
             assert model.config._attn_implementation == before
-
-
-def test_a_kernel_that_cannot_be_built_warns_once_and_leaves_sdpa(monkeypatch):
-    from torch.utils import cpp_extension
-
-    def no_compiler(*args, **kwargs):
-        raise RuntimeError("Ninja is required to load C++ extensions")
-
-    monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    decode_attention.kernel.cache_clear()
-    try:
-        with pytest.warns(UserWarning, match="could not be built, SDPA is used instead: Ninja is required"):
-            assert decode_attention.kernel() is None
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert decode_attention.kernel() is None  # cached: no second warning
-            model = tiny_model("llama", head_dim=64)
-            with decode_attention.decoding_kernel(model):
-                assert model.config._attn_implementation == "sdpa"
-    finally:
-        decode_attention.kernel.cache_clear()
-
-
-def test_the_switch_turns_the_kernel_off(monkeypatch):
-    monkeypatch.setenv("HYPLORA_DECODE_KERNEL", "0")
-    decode_attention.kernel.cache_clear()
-    try:
-        assert decode_attention.kernel() is None
-    finally:
-        decode_attention.kernel.cache_clear()
-
-
-def test_each_kind_of_cpu_gets_its_own_build(kernel, monkeypatch):
-    # a -march=native build must not be loaded by another CPU sharing the cache (a cluster's home directory)
-    assert kernel.__name__ == decode_attention.build_name()
-    names = set()
-    for flags in ("flags\t: fpu sse2 avx2 fma", "flags\t: fpu sse2 avx2 fma avx512f"):
-        monkeypatch.setattr(decode_attention.Path, "read_text", lambda self, flags=flags: f"processor\t: 0\n{flags}\n")
-        names.add(decode_attention.build_name())
-    assert len(names) == 2

@@ -30,8 +30,14 @@ That is the ``seed`` form (``HypLoraConfig(form="seed")``, the first release). T
 :mod:`hyplora.adapter.forms` (``llr``, ``llr-official``, ``stereographic``) have LoRA's shapes, ``A (r, in)`` and
 ``B (out, r)``, and share the two functions: ``z = sigma (v A^T)`` with a per-token input factor ``sigma``, then
 ``result + scaling * phi(|y|) y`` with ``y = z B^T`` (:class:`_ProjectBRadial`, one output law per form).
+
+Inside :func:`fused_inference` (the evaluator's generation enters it), a ``seed`` or ``llr`` branch that needs no
+gradient runs on a CPU as one C++ call, ``lorentz_branch.cpp`` of :mod:`hyplora.kernels`: the same maths around
+the same two GEMMs, without the ~70 small tensor operations of the autograd path (5x faster per layer at 64 rows).
 """
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Any
@@ -43,6 +49,7 @@ from peft.tuners.lora.layer import LoraVariant
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from hyplora import kernels
 from hyplora.adapter import forms, lorentz
 
 MERGE_ERROR = (
@@ -291,6 +298,62 @@ def stereographic_forward(
     return _ProjectBRadial.apply(result, z, weight_b, curvature, scaling, forms.StereographicProjection, False)
 
 
+_FUSED_INFERENCE = contextvars.ContextVar("hyplora_fused_inference", default=False)
+_INPUT_SCALING_CODES = {"none": 0, "unit": 1, "rms": 2}  # lorentz_branch.cpp's codes
+
+
+@contextlib.contextmanager
+def fused_inference():
+    """Within the block, ``seed`` and ``llr`` branches run as one C++ call (:func:`fused_branch`) where no gradient is
+    needed and everything is float32 on a CPU without autocast. A no-op where the kernels cannot be built."""
+    token = _FUSED_INFERENCE.set(kernels.extension() is not None)
+    try:
+        yield
+    finally:
+        _FUSED_INFERENCE.reset(token)
+
+
+def _fused_applies(*tensors: torch.Tensor) -> bool:
+    return (
+        _FUSED_INFERENCE.get()
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    )
+
+
+def fused_branch(
+    result: torch.Tensor,
+    x: torch.Tensor,
+    weight_a: torch.Tensor,
+    weight_b: torch.Tensor,
+    *,
+    seed: bool,
+    sqrt_k: torch.Tensor,
+    scaling: float,
+    input_scaling: str,
+    log_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`hyplora_forward` (``seed=True``) or :func:`llr_forward` without autograd, from ``lorentz_branch.cpp``:
+    float32 CPU tensors, ``result`` updated in place when contiguous. ``|y|`` is formed exactly (not the Gram form)."""
+    out = result.reshape(-1, result.shape[-1]).contiguous()
+    kernels.extension().lorentz_branch_(
+        out,
+        x.reshape(-1, x.shape[-1]).contiguous(),
+        weight_a,
+        weight_b,
+        seed,
+        float(sqrt_k),
+        float(scaling),
+        _INPUT_SCALING_CODES[input_scaling],
+        0.0 if log_scale is None else float(log_scale),
+        lorentz.MAX_TANGENT_NORM,
+        _UNIT_EPS,
+        lorentz.TAYLOR_BELOW,
+    )
+    return out.view(result.shape)
+
+
 @without_autocast
 def hyplora_forward_literal(
     result: torch.Tensor,
@@ -373,6 +436,8 @@ class HypLoraLinearVariant(LoraVariant):
                 "input_scaling": module.hyplora_input_scaling[active_adapter],
                 "log_scale": scale,
             }
+            if _fused_applies(*inputs):
+                return fused_branch(*inputs, seed=form == "seed", scaling=module.scaling[active_adapter], **options)
         elif form == "llr-official":
             options = {"curvature": curvature, "norm_scale": scale}
         else:

@@ -34,7 +34,7 @@ import math
 import torch
 
 MAX_TANGENT_NORM = math.asinh(2.0**15)  # ~11.09: cosh stays below 2**15 + 1
-_TAYLOR_BELOW = 1e-3  # |t| under which sinhc/arsinhc use their series (error < t**4 / 100)
+TAYLOR_BELOW = 1e-3  # |t| under which sinhc/arsinhc use their series (error < t**4 / 100)
 _PSI_TAYLOR_BELOW = 0.1  # |t| under which arsinhc_slope uses its series
 
 
@@ -49,14 +49,14 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 
 def sinhc(t: torch.Tensor) -> torch.Tensor:
     r""":math:`\sinh(t)/t`, equal to 1 at 0, with a finite gradient there."""
-    small = t.abs() < _TAYLOR_BELOW
+    small = t.abs() < TAYLOR_BELOW
     t_safe = torch.where(small, torch.ones_like(t), t)
     return torch.where(small, 1.0 + t * t / 6.0, torch.sinh(t_safe) / t_safe)
 
 
 def arsinhc(t: torch.Tensor) -> torch.Tensor:
     r""":math:`\operatorname{arsinh}(t)/t`, equal to 1 at 0, with a finite gradient there."""
-    small = t.abs() < _TAYLOR_BELOW
+    small = t.abs() < TAYLOR_BELOW
     t_safe = torch.where(small, torch.ones_like(t), t)
     return torch.where(small, 1.0 - t * t / 6.0, torch.asinh(t_safe) / t_safe)
 

@@ -1,5 +1,6 @@
 // Decoding attention on a CPU: one query position per row, keys and values read once, at about twice the speed of
-// PyTorch's SDPA for this shape (benchmarks/README-eval.md). Built on first use by hyplora.harness.decode_attention.
+// PyTorch's SDPA for this shape (benchmarks/README-eval.md). Built on first use by hyplora.kernels
+// (bindings.cpp), used by hyplora.harness.decode_attention.
 //
 //   out[b, h*G + g] = sum_t p_t v[b, h, t],  p = softmax_t(scale * q[b, h*G + g] . k[b, h, t]) over the t with mask[b, t]
 //
@@ -144,5 +145,3 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   else TORCH_CHECK(false, "head_dim 64, 128 or 256");
   return out;
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("decode_attention", &decode_attention, "decoding attention"); }

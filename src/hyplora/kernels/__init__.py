@@ -1,0 +1,53 @@
+"""C++ kernels for CPU inference, compiled on first use into one extension with `torch.utils.cpp_extension`.
+
+- ``decode_attention.cpp``: attention for one-position decoding steps (:mod:`hyplora.harness.decode_attention`);
+- ``lorentz_branch.cpp``: the ``seed``/``llr`` HypLoRA branch without autograd (:mod:`hyplora.adapter.layer`).
+
+A build needs a C++ compiler and ninja (~30 s, cached after, one build per kind of CPU). Where it fails,
+:func:`extension` warns once and returns None, and every caller keeps its PyTorch path. ``HYPLORA_CPU_KERNELS=0``
+turns the kernels off.
+"""
+
+import functools
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
+
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("bindings.cpp", "decode_attention.cpp", "lorentz_branch.cpp")
+)
+SWITCH = "HYPLORA_CPU_KERNELS"
+
+
+def build_name() -> str:
+    """The extension's name, one per kind of CPU: code built with ``-march=native`` must not be loaded by another CPU
+    that shares the build cache (a cluster's home directory), so the name carries a hash of the CPU's feature flags."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        features = next(line for line in cpuinfo if line.startswith(("flags", "Features", "model name")))
+    except (OSError, StopIteration):
+        features = f"{platform.machine()} {platform.processor()}"
+    return "hyplora_cpu_kernels_" + hashlib.sha256(features.encode()).hexdigest()[:10]
+
+
+@functools.cache
+def extension():
+    """The compiled extension, or None (with one warning saying why) where it cannot be built or is turned off."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    from torch.utils import cpp_extension
+
+    flags = ["-O3", "-ffast-math", "-fopenmp-simd"] + (
+        ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
+    )
+    try:
+        return cpp_extension.load(build_name(), [str(source) for source in SOURCES], extra_cflags=flags, verbose=False)
+    except Exception as error:  # no compiler, no ninja, an unsupported platform: PyTorch does the work
+        warnings.warn(
+            "hyplora: the CPU kernels (hyplora/kernels/*.cpp) could not be built, PyTorch's own operations are used "
+            f"instead: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+            stacklevel=2,
+        )
+        return None
