@@ -25,8 +25,8 @@ FLOP/s / (2 x parameters), all measured in this run. Check `uptime` first: the m
 q/k/v/o projections, MLP, norms, LM head, the adapter branch with --adapter lora|hyplora, rank 32 on the
 training defaults' targets, random weights, unmerged), with torch.profiler's top operators.
 
---compare-branches: greedy runs with HypLoRA's autograd branch and its fused C++ one (`hyplora.adapter.layer.fused_branch`)
-alternating, tokens compared; `--branch autograd` runs every other mode on the autograd branch.
+--compare-branches: HypLoRA's autograd branch against its fused C++ one (`hyplora.adapter.layer.fused_branch`): a run
+with each (tokens compared), then runs alternating the branch step by step (robust to the load drifting); `--branch autograd` runs every other mode on the autograd branch.
 
     python benchmarks/bench_eval.py --threads 1          # the figures in benchmarks/README-eval.md
     python benchmarks/bench_eval.py --threads 1 --compare-branches --repeats 2
@@ -37,6 +37,7 @@ alternating, tokens compared; `--branch autograd` runs every other mode on the a
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import statistics
@@ -485,28 +486,61 @@ def use_branch(branch: str) -> None:
 
 
 def compare_branches(model, tokenizer, records, batch_size: int, budget: int, bound: float, repeats: int) -> None:
-    """Greedy runs of today's engine with HypLoRA's autograd branch and its fused one, alternating: seconds, tokens/s
-    against the matmul bound, and whether the tokens are identical."""
+    """HypLoRA's autograd branch against its fused one: a greedy run with each (whole-run seconds, tokens compared),
+    then `repeats` runs in which the branch alternates from one forward to the next, so that both see the same rows,
+    contexts and machine load: decoding steps' median ms by context and the decoding rate against the matmul bound."""
     import hyplora.harness.generation as engine
 
-    timings, identical = {}, []
-    for _ in range(repeats):
-        outputs = {}
-        for branch in ("autograd", "fused"):
-            use_branch(branch)
-            outputs[branch], seconds = engine_run(engine, model, tokenizer, records, batch_size, budget)
-            timings.setdefault(branch, []).append((seconds, sum(map(len, outputs[branch]))))
-        identical.append(sum(a == b for a, b in zip(outputs["autograd"], outputs["fused"])))
-    use_branch("fused")
-    print(f"HypLoRA (seed, rank 32, random weights, unmerged), {len(records)} SVAMP items, batch {batch_size}:")
-    print("| branch | s per run | s (median) | gen tok/s | % of matmul bound (whole run) |")
-    print("|---|---|---:|---:|---:|")
-    for branch, runs_of_branch in timings.items():
-        seconds = statistics.median(run[0] for run in runs_of_branch)
-        rate = runs_of_branch[0][1] / seconds
-        listed = ", ".join(f"{run[0]:.1f}" for run in runs_of_branch)
-        print(f"| {branch} | {listed} | {seconds:.1f} | {rate:.1f} | {100 * rate / bound:.1f} |")
-    print(f"greedy tokens identical (autograd vs fused): {min(identical)}/{len(records)} items in every repeat")
+    outputs, whole = {}, {}
+    for branch in ("autograd", "fused"):
+        use_branch(branch)
+        outputs[branch], whole[branch] = engine_run(engine, model, tokenizer, records, batch_size, budget)
+    identical = sum(a == b for a, b in zip(outputs["autograd"], outputs["fused"]))
+
+    steps, forward, turns = {"autograd": [], "fused": []}, model.forward, itertools.cycle(("autograd", "fused"))
+
+    def alternating(*args, **kwargs):
+        branch = next(turns)
+        use_branch(branch)
+        start = time.perf_counter()
+        out = forward(*args, **kwargs)
+        rows, width = kwargs["input_ids"].shape
+        if width == 1:
+            steps[branch].append((rows, kwargs["attention_mask"].shape[1], time.perf_counter() - start))
+        return out
+
+    model.forward = alternating
+    try:
+        for _ in range(repeats):
+            engine_run(engine, model, tokenizer, records, batch_size, budget)
+    finally:
+        del model.forward
+        use_branch("fused")
+    first = min(step[1] for step in steps["fused"])
+    print(
+        f"HypLoRA (seed, rank 32, random weights, unmerged), {len(records)} SVAMP items, batch {batch_size}, "
+        f"{torch.get_num_threads()} thread(s), matmul bound {bound:.0f} tok/s"
+    )
+    print(f"whole runs: autograd {whole['autograd']:.1f} s, fused {whole['fused']:.1f} s (one each, in that order)")
+    print(f"greedy tokens identical (autograd vs fused): {identical}/{len(records)} items")
+    print(f"decoding steps, the branch alternating step by step ({repeats} run(s)):")
+    print("| steps by context | autograd ms (median) | fused ms (median) | autograd / fused | fused % of bound |")
+    print("|---|---:|---:|---:|---:|")
+    for low in range(0, budget, 64):
+        bucket = {
+            branch: [step for step in runs if low <= step[1] - first < low + 64] for branch, runs in steps.items()
+        }
+        if not all(bucket.values()):
+            continue
+        ms = {branch: 1000 * statistics.median(step[2] for step in runs) for branch, runs in bucket.items()}
+        rows = statistics.median(step[0] for step in bucket["fused"])
+        print(
+            f"| {low}-{low + 63} | {ms['autograd']:.0f} | {ms['fused']:.0f} | {ms['autograd'] / ms['fused']:.2f} | "
+            f"{100 * rows / (ms['fused'] / 1000) / bound:.1f} |"
+        )
+    for branch, runs in steps.items():
+        rate = sum(step[0] for step in runs) / sum(step[2] for step in runs)
+        print(f"{branch}: decoding {rate:.1f} tok/s = {100 * rate / bound:.1f}% of the bound")
 
 
 def main() -> None:
