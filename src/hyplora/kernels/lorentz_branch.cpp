@@ -23,6 +23,13 @@ inline float sinhc(float t, float below) { return std::fabs(t) < below ? 1.f + t
 
 inline float arsinhc(float t, float below) { return std::fabs(t) < below ? 1.f - t * t / 6.f : std::asinh(t) / t; }
 
+template <typename Body>
+void for_each_row(int64_t rows, const Body& body) {
+  at::parallel_for(0, rows, GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) body(i);
+  });
+}
+
 }  // namespace
 
 // Input scaling codes: 0 none (g = m), 1 unit (g = min(e^s, 10) / max(n, unit_eps / m)), 2 rms (g = e^-s m / sqrt(in)).
@@ -43,23 +50,21 @@ void lorentz_branch_(torch::Tensor result, torch::Tensor x, torch::Tensor weight
   std::vector<float> row_max(T), norm(T);
   const float* xp = x.data_ptr<float>();
   float* vp = v.data_ptr<float>();
-  at::parallel_for(0, T, GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float* xr = xp + i * in;
-      float* vr = vp + i * in;
-      float top = 0.f;
+  for_each_row(T, [&](int64_t i) {
+    const float* xr = xp + i * in;
+    float* vr = vp + i * in;
+    float top = 0.f;
 #pragma omp simd reduction(max : top)
-      for (int64_t j = 0; j < in; ++j) top = std::max(top, std::fabs(xr[j]));
-      const float m = std::max(top, FLT_MIN), inv = 1.f / m;
-      float sum = 0.f;
+    for (int64_t j = 0; j < in; ++j) top = std::max(top, std::fabs(xr[j]));
+    const float m = std::max(top, FLT_MIN), inv = 1.f / m;
+    float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < in; ++j) {
-        vr[j] = xr[j] * inv;
-        sum += vr[j] * vr[j];
-      }
-      row_max[i] = m;
-      norm[i] = std::sqrt(sum);
+    for (int64_t j = 0; j < in; ++j) {
+      vr[j] = xr[j] * inv;
+      sum += vr[j] * vr[j];
     }
+    row_max[i] = m;
+    norm[i] = std::sqrt(sum);
   });
 
   auto va = torch::mm(v, (seed ? weight_a.narrow(1, 1, in) : weight_a).t());  // (T, r)
@@ -71,46 +76,42 @@ void lorentz_branch_(torch::Tensor result, torch::Tensor x, torch::Tensor weight
   const auto a0 = seed ? weight_a.select(1, 0).contiguous() : torch::Tensor();
   const float* a0p = seed ? a0.data_ptr<float>() : nullptr;
   float* zp = z.data_ptr<float>();
-  at::parallel_for(0, T, GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float n = norm[i], m = row_max[i];
-      const float g = input_scaling == 0   ? m
-                      : input_scaling == 1 ? unit_gain / std::max(n, (float)unit_eps / m)
-                                           : rms_gain * m;
-      const float tangent = g * n;
-      const bool over = tangent > limit;
-      const float theta = std::min(tangent, limit) / sk;
-      const float sigma = sinhc(theta, below) * (over ? limit / n : g);
-      const float* var = vap + i * r;
-      float* zr = zp + i * (r + seed);
-      if (seed) {
-        const float time = sk * std::cosh(theta);
-        float sum = 0.f;
-        for (int64_t j = 0; j < r; ++j) {
-          const float h = time * a0p[j] + sigma * var[j];
-          zr[j + 1] = h;
-          sum += h * h;
-        }
-        zr[0] = std::sqrt(sum + sk * sk);
-      } else {
-        for (int64_t j = 0; j < r; ++j) zr[j] = sigma * var[j];
+  for_each_row(T, [&](int64_t i) {
+    const float n = norm[i], m = row_max[i];
+    const float g = input_scaling == 0   ? m
+                    : input_scaling == 1 ? unit_gain / std::max(n, (float)unit_eps / m)
+                                         : rms_gain * m;
+    const float tangent = g * n;
+    const bool over = tangent > limit;
+    const float theta = std::min(tangent, limit) / sk;
+    const float sigma = sinhc(theta, below) * (over ? limit / n : g);
+    const float* var = vap + i * r;
+    float* zr = zp + i * (r + seed);
+    if (seed) {
+      const float time = sk * std::cosh(theta);
+      float sum = 0.f;
+      for (int64_t j = 0; j < r; ++j) {
+        const float h = time * a0p[j] + sigma * var[j];
+        zr[j + 1] = h;
+        sum += h * h;
       }
+      zr[0] = std::sqrt(sum + sk * sk);
+    } else {
+      for (int64_t j = 0; j < r; ++j) zr[j] = sigma * var[j];
     }
   });
 
   auto y = torch::mm(z, weight_b.t());  // (T, out)
   const float* yp = y.data_ptr<float>();
   float* rp = result.data_ptr<float>();
-  at::parallel_for(0, T, GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float* yr = yp + i * out;
-      float* rr = rp + i * out;
-      float sum = 0.f;
+  for_each_row(T, [&](int64_t i) {
+    const float* yr = yp + i * out;
+    float* rr = rp + i * out;
+    float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < out; ++j) sum += yr[j] * yr[j];
-      const float phi = (float)scaling * arsinhc(std::sqrt(sum) / sk, below);
+    for (int64_t j = 0; j < out; ++j) sum += yr[j] * yr[j];
+    const float phi = (float)scaling * arsinhc(std::sqrt(sum) / sk, below);
 #pragma omp simd
-      for (int64_t j = 0; j < out; ++j) rr[j] += phi * yr[j];
-    }
+    for (int64_t j = 0; j < out; ++j) rr[j] += phi * yr[j];
   });
 }
