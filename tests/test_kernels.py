@@ -126,6 +126,16 @@ def test_generated_tokens_are_the_autograd_branchs(extension, form, monkeypatch)
     assert max(map(len, fused)) > 8
 
 
+def test_nothing_is_built_for_a_model_that_is_not_float32_on_a_cpu(monkeypatch):
+    built = []
+    monkeypatch.setattr(kernels, "extension", lambda: built.append(1))  # a GPU or bf16 run must not compile C++
+    for dtype in (torch.bfloat16, torch.float64):
+        model = tiny_model("llama", head_dim=64).to(dtype)
+        with decode_attention.decoding_kernel(model), torch.no_grad():
+            assert model.config._attn_implementation == "sdpa"
+    assert built == []
+
+
 def test_kernels_that_cannot_be_built_warn_once_and_leave_pytorch(monkeypatch):
     from torch.utils import cpp_extension
 

@@ -33,7 +33,7 @@ That is the ``seed`` form (``HypLoraConfig(form="seed")``, the first release). T
 
 Inside :func:`fused_inference` (the evaluator's generation enters it), a ``seed`` or ``llr`` branch that needs no
 gradient runs on a CPU as one C++ call, ``lorentz_branch.cpp`` of :mod:`hyplora.kernels`: the same maths around
-the same two GEMMs, without the ~70 small tensor operations of the autograd path (5x faster per layer at 64 rows).
+the same two GEMMs, without the ~70 small tensor operations of the autograd path (3.7x faster per layer at 64 rows).
 """
 
 import contextlib

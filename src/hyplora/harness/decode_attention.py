@@ -67,20 +67,16 @@ def _register() -> None:
 
 @contextlib.contextmanager
 def decoding_kernel(model):
-    """Within the block, a CPU float32 `transformers` ``model`` (a PeftModel's base model) whose attention is SDPA
-    decodes with the kernel, its attention implementation restored on exit; and HypLoRA branches run fused
-    (:func:`hyplora.adapter.layer.fused_inference`). Any other model is left as it is."""
-    previous = getattr(model.config, "_attn_implementation", None)
+    """Within the block, a CPU float32 `transformers` ``model`` (a PeftModel's base model) runs its HypLoRA branches
+    fused (:func:`hyplora.adapter.layer.fused_inference`) and, if its attention is SDPA, decodes with the kernel, its
+    attention implementation restored on exit. Any other model is left as it is, and nothing is built for it."""
     parameter = next(model.parameters(), None)
-    usable = (
-        previous == "sdpa"
-        and parameter is not None
-        and parameter.device.type == "cpu"
-        and parameter.dtype == torch.float32
-        and kernels.extension() is not None
-    )
+    if parameter is None or parameter.device.type != "cpu" or parameter.dtype != torch.float32:
+        yield model
+        return
+    previous = getattr(model.config, "_attn_implementation", None)
     with fused_inference():
-        if not usable:
+        if previous != "sdpa" or kernels.extension() is None:
             yield model
             return
         _register()
