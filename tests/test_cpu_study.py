@@ -166,6 +166,23 @@ def test_runner_skips_done_jobs_and_runs_evaluations_after_their_training(tmp_pa
     )  # all done: nothing runs
 
 
+def test_a_job_that_raises_is_reported_failed_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    broken, fine = Train("a", "lora", 1e-3), Train("a", "lora", 3e-3)
+    calls = []
+
+    def fake_run_job(job, work_dir, results_dir, levels_dir):
+        calls.append(job.name)
+        if job is broken:
+            raise KeyError("datasets")
+        summary(results_dir, job, result={"val_loss": 1.0})
+        return True
+
+    monkeypatch.setattr(run, "run_job", fake_run_job)
+    assert run.run_grid([broken, fine], tmp_path / "work", tmp_path, jobs=1) == {broken.name}
+    assert calls == [broken.name, fine.name]
+    assert f"{broken.name}: KeyError: 'datasets'" in capsys.readouterr().out
+
+
 def test_a_training_finished_before_a_kill_is_summarised_without_rerunning(tmp_path, monkeypatch):
     job = Train("a", "lora", 1e-3)
     folder = run.folder(job, tmp_path / "work")

@@ -133,6 +133,9 @@ def run_grid(grid, work_dir: Path, results_dir: Path, *, stages=None, jobs: int 
     failed ones."""
     from tqdm.auto import tqdm
 
+    import hyplora.harness.evaluation  # noqa: F401  (eval_summary's import, done now: a package edited while a
+    # study runs for hours must not be half-loaded in this process, old modules beside new ones)
+
     failed, running = set(), {}
     bar = tqdm(total=0, unit="job", desc="cpu study")
     with ThreadPoolExecutor(jobs) as pool:
@@ -154,7 +157,12 @@ def run_grid(grid, work_dir: Path, results_dir: Path, *, stages=None, jobs: int 
                 if future in finished:
                     del running[name]
                     bar.update()
-                    if not future.result():
+                    try:
+                        succeeded = future.result()
+                    except Exception as error:  # e.g. an unreadable summary: report it, go on with the other jobs
+                        tqdm.write(f"[{time.strftime('%H:%M:%S')}] {name}: {type(error).__name__}: {error}")
+                        succeeded = False
+                    if not succeeded:
                         failed.add(name)
                     tqdm.write(f"[{time.strftime('%H:%M:%S')}] {'FAILED' if name in failed else 'done'} {name}")
     bar.close()
