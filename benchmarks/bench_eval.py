@@ -25,11 +25,13 @@ FLOP/s / (2 x parameters), all measured in this run. Check `uptime` first: the m
 q/k/v/o projections, MLP, norms, LM head, the adapter branch with --adapter lora|hyplora, rank 32 on the
 training defaults' targets, random weights, unmerged), with torch.profiler's top operators.
 
---compare-branches: HypLoRA's autograd branch against its fused C++ one (`hyplora.adapter.layer.fused_branch`): a run
-with each (tokens compared), then runs alternating the branch step by step (robust to the load drifting); `--branch autograd` runs every other mode on the autograd branch.
+--compare branch|linear: HypLoRA's autograd branch against its fused C++ one (`hyplora.adapter.layer.fused_branch`), or
+the linear layers through MKL (`F.linear`) against packed oneDNN (`hyplora.harness.packed_linear`): a run with each
+(tokens compared), then runs alternating the setting step by step (robust to the load drifting). `--branch autograd`
+and `--linear mkl` run every other mode with the old setting.
 
     python benchmarks/bench_eval.py --threads 1          # the figures in benchmarks/README-eval.md
-    python benchmarks/bench_eval.py --threads 1 --compare-branches --repeats 2
+    python benchmarks/bench_eval.py --threads 1 --compare linear --repeats 2
     python benchmarks/bench_eval.py --threads 1 --profile-step 64 --adapter hyplora
     python benchmarks/bench_eval.py --threads 1 --profile-beam 8     # paper mode's 4-beam search, profiled
     python benchmarks/bench_eval.py --items 128 --batch-size 64 32 --reference-items 2 --check-items 16
@@ -49,7 +51,9 @@ import torch
 from transformers import GenerationConfig
 from transformers.utils import logging as hf_logging
 
+from hyplora import kernels
 from hyplora.adapter import layer as hyplora_layer
+from hyplora.harness import packed_linear
 from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_test_set
 from hyplora.harness.evaluation import EvalOptions, evaluate, read_items
@@ -67,7 +71,9 @@ from hyplora.harness.prompts import RESPONSE_SPLIT, eval_prompt
 
 
 def peak_matmul_gflops(size: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
-    """Best GFLOP/s of an fp32 ``size x size`` matmul (2 size^3 FLOPs) at the current thread count (on `device`).
+    """Best GFLOP/s of an fp32 ``size x size`` matmul (2 size^3 FLOPs) at the current thread count (on `device`):
+    ``torch.matmul``'s and, on a CPU with oneDNN, the packed oneDNN product's that the evaluator's generation uses
+    (`hyplora.harness.packed_linear`), whichever is higher, so that the bound is the machine's, not one library's.
 
     The best of `repeats`, not the median: a peak is what the machine can do, and on a shared VM the median of
     seven multiplications moved between 64 and 91 GFLOP/s from one minute to the next."""
@@ -77,7 +83,16 @@ def peak_matmul_gflops(size: int = 2048, repeats: int = 7, device: str = "cpu") 
         a @ b
         synchronize(device)
 
-    return 2 * size**3 / seconds_of(matmul, repeats, statistic=min) / 1e9
+    products = [matmul]
+    if torch.device(device).type == "cpu" and packed_linear.available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b, size)
+        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+    peaks = [2 * size**3 / seconds_of(product, repeats, statistic=min) / 1e9 for product in products]
+    print(
+        "peak fp32 GFLOP/s: "
+        + ", ".join(f"{name} {peak:.1f}" for name, peak in zip(("torch.matmul", "oneDNN packed"), peaks))
+    )
+    return max(peaks)
 
 
 def synchronize(device) -> None:
@@ -183,7 +198,9 @@ def hyplora_evaluation(model, tokenizer, items: int, batch_size: int, max_new_to
 
 
 def warm_up(model, tokenizer, records) -> None:
-    """A few tokens through each code path first: the first calls pay for allocations and kernel selection."""
+    """A few tokens through each code path first: the first calls pay for allocations and kernel selection (and the
+    first use of the CPU kernels compiles them)."""
+    kernels.extension()
     reference_loop(model, tokenizer, records[:1], 4)
     plain_batched_loop(model, tokenizer, records[:2], 2, 4)
     prompts = [tokenizer(eval_prompt(r["instruction"]))["input_ids"] for r in records[:2]]
@@ -477,6 +494,8 @@ def engine_run(engine, model, tokenizer, records, batch_size: int, max_new_token
 
 
 FUSED_APPLIES = hyplora_layer._fused_applies
+PACKED_FORWARD = packed_linear._packed_forward
+LINEAR = ["onednn"]
 
 
 def use_branch(branch: str) -> None:
@@ -485,28 +504,47 @@ def use_branch(branch: str) -> None:
     hyplora_layer._fused_applies = FUSED_APPLIES if branch == "fused" else (lambda *tensors: False)
 
 
-def compare_branches(model, tokenizer, records, batch_size: int, budget: int, bound: float, repeats: int) -> None:
-    """HypLoRA's autograd branch against its fused one: a greedy run with each (whole-run seconds, tokens compared),
-    then `repeats` runs in which the branch alternates from one forward to the next, so that both see the same rows,
-    contexts and machine load: decoding steps' median ms by context and the decoding rate against the matmul bound."""
+def _switchable_forward(module):
+    packed, own = PACKED_FORWARD(module), module.forward
+    return lambda x: packed(x) if LINEAR[0] == "onednn" else own(x)
+
+
+def use_linear(kind: str) -> None:
+    """The evaluator's linear layers from now on, call by call: ``onednn`` (packed, the default) or ``mkl``
+    (``F.linear``, as before `hyplora.harness.packed_linear`)."""
+    LINEAR[0] = kind
+    packed_linear._packed_forward = _switchable_forward
+
+
+COMPARISONS = {"branch": (("autograd", "fused"), use_branch), "linear": (("mkl", "onednn"), use_linear)}
+
+
+def compare_alternating(
+    model, tokenizer, records, batch_size: int, budget: int, bound: float, repeats: int, what: str
+):
+    """Two settings of `what` (``branch``: HypLoRA's autograd branch against its fused one; ``linear``: MKL against
+    packed oneDNN), old first: a greedy run with each (whole-run seconds, tokens compared), then `repeats` runs in
+    which the setting alternates from one forward to the next, so that both see the same rows, contexts and machine
+    load: decoding steps' median ms by context and the decoding rate against the matmul bound."""
     import hyplora.harness.generation as engine
 
+    (old, new), use = COMPARISONS[what]
     outputs, whole = {}, {}
-    for branch in ("autograd", "fused"):
-        use_branch(branch)
-        outputs[branch], whole[branch] = engine_run(engine, model, tokenizer, records, batch_size, budget)
-    identical = sum(a == b for a, b in zip(outputs["autograd"], outputs["fused"]))
+    for setting in (old, new):
+        use(setting)
+        outputs[setting], whole[setting] = engine_run(engine, model, tokenizer, records, batch_size, budget)
+    identical = sum(a == b for a, b in zip(outputs[old], outputs[new]))
 
-    steps, forward, turns = {"autograd": [], "fused": []}, model.forward, itertools.cycle(("autograd", "fused"))
+    steps, forward, turns = {old: [], new: []}, model.forward, itertools.cycle((old, new))
 
     def alternating(*args, **kwargs):
-        branch = next(turns)
-        use_branch(branch)
+        setting = next(turns)
+        use(setting)
         start = time.perf_counter()
         out = forward(*args, **kwargs)
         rows, width = kwargs["input_ids"].shape
         if width == 1:
-            steps[branch].append((rows, kwargs["attention_mask"].shape[1], time.perf_counter() - start))
+            steps[setting].append((rows, kwargs["attention_mask"].shape[1], time.perf_counter() - start))
         return out
 
     model.forward = alternating
@@ -515,32 +553,32 @@ def compare_branches(model, tokenizer, records, batch_size: int, budget: int, bo
             engine_run(engine, model, tokenizer, records, batch_size, budget)
     finally:
         del model.forward
-        use_branch("fused")
-    first = min(step[1] for step in steps["fused"])
+        use(new)
+    first = min(step[1] for step in steps[new])
     print(
-        f"HypLoRA (seed, rank 32, random weights, unmerged), {len(records)} SVAMP items, batch {batch_size}, "
+        f"{what}: {old} against {new}; {len(records)} SVAMP items, batch {batch_size}, "
         f"{torch.get_num_threads()} thread(s), matmul bound {bound:.0f} tok/s"
     )
-    print(f"whole runs: autograd {whole['autograd']:.1f} s, fused {whole['fused']:.1f} s (one each, in that order)")
-    print(f"greedy tokens identical (autograd vs fused): {identical}/{len(records)} items")
-    print(f"decoding steps, the branch alternating step by step ({repeats} run(s)):")
-    print("| steps by context | autograd ms (median) | fused ms (median) | autograd / fused | fused % of bound |")
+    print(f"whole runs: {old} {whole[old]:.1f} s, {new} {whole[new]:.1f} s (one each, in that order)")
+    print(f"greedy tokens identical ({old} vs {new}): {identical}/{len(records)} items")
+    print(f"decoding steps, the setting alternating step by step ({repeats} run(s)):")
+    print(f"| steps by context | {old} ms (median) | {new} ms (median) | {old} / {new} | {new} % of bound |")
     print("|---|---:|---:|---:|---:|")
     for low in range(0, budget, 64):
         bucket = {
-            branch: [step for step in runs if low <= step[1] - first < low + 64] for branch, runs in steps.items()
+            setting: [step for step in runs if low <= step[1] - first < low + 64] for setting, runs in steps.items()
         }
         if not all(bucket.values()):
             continue
-        ms = {branch: 1000 * statistics.median(step[2] for step in runs) for branch, runs in bucket.items()}
-        rows = statistics.median(step[0] for step in bucket["fused"])
+        ms = {setting: 1000 * statistics.median(step[2] for step in runs) for setting, runs in bucket.items()}
+        rows = statistics.median(step[0] for step in bucket[new])
         print(
-            f"| {low}-{low + 63} | {ms['autograd']:.0f} | {ms['fused']:.0f} | {ms['autograd'] / ms['fused']:.2f} | "
-            f"{100 * rows / (ms['fused'] / 1000) / bound:.1f} |"
+            f"| {low}-{low + 63} | {ms[old]:.0f} | {ms[new]:.0f} | {ms[old] / ms[new]:.2f} | "
+            f"{100 * rows / (ms[new] / 1000) / bound:.1f} |"
         )
-    for branch, runs in steps.items():
+    for setting, runs in steps.items():
         rate = sum(step[0] for step in runs) / sum(step[2] for step in runs)
-        print(f"{branch}: decoding {rate:.1f} tok/s = {100 * rate / bound:.1f}% of the bound")
+        print(f"{setting}: decoding {rate:.1f} tok/s = {100 * rate / bound:.1f}% of the bound")
 
 
 def main() -> None:
@@ -591,9 +629,17 @@ def main() -> None:
         help="HypLoRA's branch at inference in every mode: the C++ kernel or the PyTorch path (default: %(default)s)",
     )
     parser.add_argument(
-        "--compare-branches",
-        action="store_true",
-        help="time HypLoRA's autograd and fused branches, alternating `--repeats` times (implies --adapter hyplora)",
+        "--linear",
+        choices=("onednn", "mkl"),
+        default="onednn",
+        help="the linear layers at inference in every mode: packed oneDNN or F.linear's MKL (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compare",
+        choices=tuple(COMPARISONS),
+        default=None,
+        help="time two settings alternating step by step, `--repeats` times: HypLoRA's autograd and fused branches "
+        "(implies --adapter hyplora), or the linear layers through MKL and packed oneDNN",
     )
     args = parser.parse_args()
     budget = args.max_new_tokens
@@ -605,8 +651,9 @@ def main() -> None:
         attention_kernels(args.attention)
         return
     use_branch(args.branch)
+    use_linear(args.linear)
     model, tokenizer = load_model("smollm2-135m")
-    model = adapted(model.to(args.device), "hyplora" if args.compare_branches else args.adapter)
+    model = adapted(model.to(args.device), "hyplora" if args.compare == "branch" else args.adapter)
     if args.profile_beam:
         profile_beam(model, tokenizer, load_test_set("svamp", args.profile_beam))
         return
@@ -622,8 +669,8 @@ def main() -> None:
     if args.trace:
         trace_phases(model, tokenizer, records, args.batch_size[0], budget, bound)
         return
-    if args.compare_branches:
-        compare_branches(model, tokenizer, records, args.batch_size[0], budget, bound, args.repeats)
+    if args.compare:
+        compare_alternating(model, tokenizer, records, args.batch_size[0], budget, bound, args.repeats, args.compare)
         return
 
     # hyplora and the plain batched loop alternate, `--repeats` times: the load of a shared machine drifts

@@ -18,6 +18,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from hyplora import kernels
 from hyplora.adapter.layer import fused_inference
+from hyplora.harness.packed_linear import packed_linears
 
 IMPLEMENTATION = "hyplora_decode"
 """The `attn_implementation` name under which the kernel is registered with `transformers`."""
@@ -67,15 +68,16 @@ def _register() -> None:
 
 @contextlib.contextmanager
 def decoding_kernel(model):
-    """Within the block, a CPU float32 `transformers` ``model`` (a PeftModel's base model) runs its HypLoRA branches
-    fused (:func:`hyplora.adapter.layer.fused_inference`) and, if its attention is SDPA, decodes with the kernel, its
-    attention implementation restored on exit. Any other model is left as it is, and nothing is built for it."""
+    """Within the block, a CPU float32 `transformers` ``model`` (a PeftModel's base model) runs its linear layers
+    packed (:func:`hyplora.harness.packed_linear.packed_linears`), its HypLoRA branches fused
+    (:func:`hyplora.adapter.layer.fused_inference`) and, if its attention is SDPA, decodes with the kernel; all is
+    restored on exit. Any other model is left as it is, and nothing is built for it."""
     parameter = next(model.parameters(), None)
     if parameter is None or parameter.device.type != "cpu" or parameter.dtype != torch.float32:
         yield model
         return
     previous = getattr(model.config, "_attn_implementation", None)
-    with fused_inference():
+    with packed_linears(model), fused_inference():
         if previous != "sdpa" or kernels.extension() is None:
             yield model
             return

@@ -32,10 +32,15 @@ def build_name() -> str:
     return "hyplora_cpu_kernels_" + hashlib.sha256(features.encode()).hexdigest()[:10]
 
 
+def enabled() -> bool:
+    """False where ``HYPLORA_CPU_KERNELS=0``: then the evaluator's generation uses PyTorch's own CPU operations."""
+    return os.environ.get(SWITCH, "1") != "0"
+
+
 @functools.cache
 def extension():
     """The compiled extension, or None (with one warning saying why) where it cannot be built or is turned off."""
-    if os.environ.get(SWITCH, "1") == "0":
+    if not enabled():
         return None
     from torch.utils import cpp_extension
 
