@@ -405,9 +405,12 @@ def seconds_of(function, repeats: int = 15, statistic=statistics.median) -> floa
 
 
 @torch.inference_mode()
-def attention_kernels(batch: int, contexts=(120, 200, 320, 450), kv_heads: int = 3, groups: int = 3) -> None:
-    """One decoding step's attention of one layer (SmolLM2's GQA shapes, keys and values as views of a larger
-    cache buffer, as the engine holds them): SDPA, matmul + softmax, a `torch.compile`d fused form and hyplora's
+def attention_kernels(
+    batch: int, contexts=(120, 200, 320, 450), kv_heads: int = 3, groups: int = 3, layers: int = 30
+) -> None:
+    """One decoding step's attention over `layers` layers' caches (SmolLM2's GQA shapes, keys and values as views of
+    a larger cache buffer, as the engine holds them; 30 layers' caches exceed the CPU's caches, so each layer's
+    keys and values come from memory, as in the model, where one layer's alone could stay in L3): SDPA, matmul + softmax, a `torch.compile`d fused form and hyplora's
     C++ kernel (`hyplora.harness.decode_attention`), in GB/s of keys and values read, beside a plain streaming read
     of the same bytes."""
     from hyplora.harness import decode_attention
@@ -429,10 +432,15 @@ def attention_kernels(batch: int, contexts=(120, 200, 320, 450), kv_heads: int =
         step = decode_attention.decode_attention(q.reshape(batch, -1, 1, q.shape[-1]), k, v, mask[:, 0, 0] == 0, scale)
         return step.reshape(q.shape)
 
+    def every_layer(f, q, caches, mask):
+        for k, v in caches:
+            f(q, k, v, mask, 0.125)
+
     compiled = torch.compile(fused, dynamic=True)
     kernels = (streaming_read, sdpa, matmuls, compiled, hyplora_kernel)
     print(
-        f"decoding attention of one layer, batch {batch}, {torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.1f}"
+        f"decoding attention over {layers} layers' caches, batch {batch}, {torch.get_num_threads()} thread(s), "
+        f"load {os.getloadavg()[0]:.1f}"
     )
     print(
         "| context | K+V MB | streaming read GB/s | SDPA GB/s | matmul + softmax GB/s | compiled GB/s | hyplora kernel "
@@ -440,14 +448,16 @@ def attention_kernels(batch: int, contexts=(120, 200, 320, 450), kv_heads: int =
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for context in contexts:
-        buffer = torch.randn(2, batch, kv_heads, context + 64, 64)
-        k, v = buffer[0, :, :, :context], buffer[1, :, :, :context]
+        caches = [torch.randn(2, batch, kv_heads, context + 64, 64)[..., :context, :] for _ in range(layers)]
         q = torch.randn(batch, kv_heads, groups, 64)
         mask = torch.zeros(batch, 1, 1, context)
         mask[: batch // 8, ..., : context // 4] = float("-inf")  # left padding of some rows
-        bytes_read = 2 * k.numel() * 4
-        arguments = (q, k, v, mask, 0.125)
-        rates = [bytes_read / seconds_of(functools.partial(f, *arguments)) / 1e9 for f in kernels]
+        bytes_read = sum(2 * cache[0].numel() * 4 for cache in caches)
+        rates = [
+            bytes_read / seconds_of(functools.partial(every_layer, f, q, caches, mask), repeats=7) / 1e9
+            for f in kernels
+        ]
+        arguments = (q, *caches[0], mask, 0.125)
         differences = [(f(*arguments) - sdpa(*arguments)).abs().max().item() for f in (compiled, hyplora_kernel)]
         print(
             f"| {context} | {bytes_read / 1e6:.1f} | "

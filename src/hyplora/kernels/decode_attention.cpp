@@ -15,27 +15,34 @@
 
 namespace {
 
-typedef float v8 __attribute__((vector_size(32)));
+// One vector: 16 floats where AVX-512 is on (-march=native; 1.3-1.5x the 8-float form on an AMD EPYC, with K and V
+// read from memory: benchmarks/README-eval.md), 8 elsewhere.
+#ifdef __AVX512F__
+constexpr int W = 16;
+#else
+constexpr int W = 8;
+#endif
+typedef float vec __attribute__((vector_size(4 * W)));
 
-inline v8 load8(const float* p) {
-  v8 r;
+inline vec load(const float* p) {
+  vec r;
   __builtin_memcpy(&r, p, sizeof(r));
   return r;
 }
 
-inline void store8(float* p, v8 x) { __builtin_memcpy(p, &x, sizeof(x)); }
+inline void store(float* p, vec x) { __builtin_memcpy(p, &x, sizeof(x)); }
 
-inline float hsum(v8 x) {
+inline float hsum(vec x) {
   float s = 0.f;
-  for (int i = 0; i < 8; ++i) s += x[i];
+  for (int i = 0; i < W; ++i) s += x[i];
   return s;
 }
 
-// GC query heads (of one KV head) at once; the key pass keeps GC accumulators, the value pass GC x 4 blocks of 8.
+// GC query heads (of one KV head) at once; the key pass keeps GC accumulators, the value pass GC x 4 vectors.
 template <int GC, int D>
 void query_chunk(const float* q, const float* k, const float* v, const bool* m, float* o, int64_t T, int64_t kt,
                  int64_t vt, float scale, float* s) {
-  constexpr int L = D / 8;
+  constexpr int L = D / W;
   float top[GC];
   for (int g = 0; g < GC; ++g) top[g] = -FLT_MAX;
   for (int64_t t = 0; t < T; ++t) {
@@ -44,11 +51,11 @@ void query_chunk(const float* q, const float* k, const float* v, const bool* m, 
       continue;
     }
     const float* kr = k + t * kt;
-    v8 acc[GC];
-    for (int g = 0; g < GC; ++g) acc[g] = v8{};
+    vec acc[GC];
+    for (int g = 0; g < GC; ++g) acc[g] = vec{};
     for (int l = 0; l < L; ++l) {
-      const v8 kv = load8(kr + 8 * l);
-      for (int g = 0; g < GC; ++g) acc[g] += load8(q + g * D + 8 * l) * kv;
+      const vec kv = load(kr + W * l);
+      for (int g = 0; g < GC; ++g) acc[g] += load(q + g * D + W * l) * kv;
     }
     for (int g = 0; g < GC; ++g) {
       const float x = hsum(acc[g]) * scale;
@@ -71,13 +78,13 @@ void query_chunk(const float* q, const float* k, const float* v, const bool* m, 
   }
   constexpr int BLOCKS = L < 4 ? L : 4;
   for (int l0 = 0; l0 < L; l0 += BLOCKS) {
-    v8 acc[GC][BLOCKS];
+    vec acc[GC][BLOCKS];
     for (int g = 0; g < GC; ++g)
-      for (int l = 0; l < BLOCKS; ++l) acc[g][l] = v8{};
+      for (int l = 0; l < BLOCKS; ++l) acc[g][l] = vec{};
     for (int64_t t = 0; t < T; ++t) {
-      const float* vr = v + t * vt + 8 * l0;
-      v8 vv[BLOCKS];
-      for (int l = 0; l < BLOCKS; ++l) vv[l] = load8(vr + 8 * l);
+      const float* vr = v + t * vt + W * l0;
+      vec vv[BLOCKS];
+      for (int l = 0; l < BLOCKS; ++l) vv[l] = load(vr + W * l);
       for (int g = 0; g < GC; ++g) {
         const float p = s[g * T + t];
         for (int l = 0; l < BLOCKS; ++l) acc[g][l] += p * vv[l];
@@ -85,7 +92,7 @@ void query_chunk(const float* q, const float* k, const float* v, const bool* m, 
     }
     for (int g = 0; g < GC; ++g) {
       const float inv = 1.f / total[g];
-      for (int l = 0; l < BLOCKS; ++l) store8(o + g * D + 8 * (l0 + l), acc[g][l] * inv);
+      for (int l = 0; l < BLOCKS; ++l) store(o + g * D + W * (l0 + l), acc[g][l] * inv);
     }
   }
 }
