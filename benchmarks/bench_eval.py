@@ -21,7 +21,8 @@ Agreement: greedy predictions of ``hyplora`` against ``reference`` on its items 
 Rates: items/s, generated tokens/s, and the matmul-bound token rate = measured peak fp32 matmul
 FLOP/s / (2 x parameters), all measured in this run. Check `uptime` first: the machine is shared.
 
---profile-step B: instead, the time of one greedy decoding step at batch B split by module (attention core,
+--profile-step B: instead, the time of one greedy decoding step at batch B as the evaluator runs it (packed linears,
+the CPU kernels) split by module (attention core,
 q/k/v/o projections, MLP, norms, LM head, the adapter branch with --adapter lora|hyplora, rank 32 on the
 training defaults' targets, random weights, unmerged), with torch.profiler's top operators.
 
@@ -56,11 +57,13 @@ from hyplora.adapter import layer as hyplora_layer
 from hyplora.harness import packed_linear
 from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_test_set
+from hyplora.harness.decode_attention import decoding_kernel
 from hyplora.harness.evaluation import EvalOptions, evaluate, read_items
 from hyplora.harness.extraction import extract_answer
 from hyplora.harness.generation import (
     _forward_kwargs,
     _left_padded,
+    base_model,
     eos_token_ids,
     generate_beam,
     generate_greedy,
@@ -293,7 +296,7 @@ def profile_step(model, tokenizer, records, batch: int, context_steps: int = 100
     for handle in handles:
         handle.remove()
     total = sum(times)
-    spent["attention core (SDPA)"] = spent.pop("attention incl. projections") - spent["q/k/v/o projections"]
+    spent["attention core"] = spent.pop("attention incl. projections") - spent["q/k/v/o projections"]
     branch = spent.pop("adapted", 0.0) - spent.pop("base of adapted", 0.0)
     spent["rest (embedding, rotary, mask, argmax, Python)"] = total - sum(spent.values())
     if branch:
@@ -667,8 +670,9 @@ def main() -> None:
     if args.profile_beam:
         profile_beam(model, tokenizer, load_test_set("svamp", args.profile_beam))
         return
-    if args.profile_step:
-        profile_step(model, tokenizer, load_test_set("svamp", args.profile_step), args.profile_step)
+    if args.profile_step:  # as the evaluator runs it: packed linears, the CPU kernels
+        with decoding_kernel(base_model(model)):
+            profile_step(model, tokenizer, load_test_set("svamp", args.profile_step), args.profile_step)
         return
     params = sum(p.numel() for p in model.parameters())
     records = load_test_set("svamp", args.items)

@@ -4,7 +4,8 @@ Prompts are token-id lists, left-padded per batch (positions count real tokens o
 length so that a batch holds prompts of similar length. Greedy decoding uses its own loop
 (`generate_greedy`): the cache is written into a buffer allocated once instead of being concatenated
 at every step, and rows that have produced EOS leave the batch. Beam search uses `transformers`'
-`generate`. On a CPU, float32 decoding steps of both attend through `hyplora.harness.decode_attention`'s kernel.
+`generate`. On a CPU, a float32 model runs both with its linear layers packed for oneDNN
+(`hyplora.harness.packed_linear`) and attends in decoding steps through `hyplora.harness.decode_attention`'s kernel.
 """
 
 import inspect

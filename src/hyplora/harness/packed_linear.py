@@ -1,10 +1,11 @@
 """float32 linear layers through oneDNN with their weights packed once, for the evaluator's generation on a CPU.
 
-``F.linear`` on a CPU goes to MKL, which repacks the weight at every call and, on AMD CPUs, does not take its
-AVX-512 path: at the decoding shapes of SmolLM2 (49-64 rows) it ran at 80-95 GFLOP/s and the 576 x 49,152 LM
-head at 55-65, where oneDNN with the weight packed in advance (``torch.ops.mkldnn._reorder_linear_weight``, the
-form ``torch.compile``'s CPU freezing uses) ran at 100-112 (benchmarks/README-eval.md). The packed copy holds
-as many bytes as the weight; it is made on a layer's first call inside the block and dropped on exit.
+``F.linear`` on a CPU goes to MKL's GEMM, which packs the weight into its blocked layout at every call. On the
+AVX-512 AMD EPYC of benchmarks/README-eval.md it ran SmolLM2's decoding shapes (49-64 rows) at 80-96 GFLOP/s and
+the 576 x 49,152 LM head at 54-65, where oneDNN with the weight packed in advance
+(``torch.ops.mkldnn._reorder_linear_weight``, the form ``torch.compile``'s CPU freezing uses) ran them at 95-113 and
+98-106. The packed copy holds as many bytes as the weight; it is made on a layer's first call inside the block
+and dropped on exit.
 
 Only ``torch.nn.Linear`` layers (PEFT's ``base_layer`` included) whose sides are both at least
 :data:`MIN_FEATURES` are packed, so low-rank adapter matrices stay on MKL, which is faster at those shapes. A call

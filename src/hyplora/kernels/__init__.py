@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 
@@ -47,8 +48,17 @@ def extension():
     flags = ["-O3", "-ffast-math", "-fopenmp-simd"] + (
         ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
     )
+    # at::parallel_for runs on torch's threads only where the extension is compiled with OpenMP (as torch's Linux
+    # builds are); without it every kernel runs on one thread whatever torch.set_num_threads says
+    threads = ["-fopenmp"] if sys.platform.startswith("linux") else []
     try:
-        return cpp_extension.load(build_name(), [str(source) for source in SOURCES], extra_cflags=flags, verbose=False)
+        return cpp_extension.load(
+            build_name(),
+            [str(source) for source in SOURCES],
+            extra_cflags=flags + threads,
+            extra_ldflags=threads,
+            verbose=False,
+        )
     except Exception as error:  # no compiler, no ninja, an unsupported platform: PyTorch does the work
         warnings.warn(
             "hyplora: the CPU kernels (hyplora/kernels/*.cpp) could not be built, PyTorch's own operations are used "
