@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from hyplora.cli import build_parser, main
 from hyplora.errors import InputError
@@ -349,10 +350,18 @@ def test_bad_files_and_options(tiny_llama, smollm2_tokenizer, tmp_path):
     )
 
 
-def test_batch_size_defaults_to_64_prompts_greedy_and_32_with_beams(tmp_path):
-    def batch(**options):
-        return ev.EvalOptions(["svamp"], output_dir=tmp_path / "out", **options).batch
+def test_batch_size_defaults_to_64_prompts_greedy_per_cpu_thread_up_to_2_and_32_with_beams(tmp_path):
+    def batch(device="cuda", **options):
+        return ev.EvalOptions(["svamp"], output_dir=tmp_path / "out", **options).batch_for(torch.device(device))
 
     assert batch(mode="robust") == 64 and batch(mode="paper") == 32
     assert batch(mode="paper", num_beams=1) == 64 and batch(mode="robust", num_beams=2) == 32
     assert batch(mode="paper", batch_size=5) == 5
+    threads = torch.get_num_threads()
+    try:
+        for count, rows in ((1, 64), (2, 128), (8, 128)):
+            torch.set_num_threads(count)
+            assert batch("cpu", mode="robust") == rows and batch("cpu", mode="paper") == 32
+            assert batch("cpu", mode="robust", batch_size=7) == 7
+    finally:
+        torch.set_num_threads(threads)

@@ -46,6 +46,8 @@ from hyplora.harness.reports import markdown_table, plot_accuracy
 MAX_NEW_TOKENS = {"math": 256, "commonsense": 32}
 PAPER_NUM_BEAMS = 4
 GREEDY_BATCH_SIZE = 64
+CPU_THREADS_BATCHED = 2
+"""On a CPU greedy batches hold `GREEDY_BATCH_SIZE` prompts per thread, for up to this many threads (measured)."""
 BEAM_BATCH_SIZE = 32
 
 
@@ -75,6 +77,7 @@ class EvalOptions:
         default=None,
         metadata={
             "help": f"prompts per generation batch (default: {GREEDY_BATCH_SIZE} for greedy decoding, "
+            f"on a CPU {GREEDY_BATCH_SIZE} per torch thread up to {GREEDY_BATCH_SIZE * CPU_THREADS_BATCHED}; "
             f"{BEAM_BATCH_SIZE} for beam search, which runs batch x beams sequences)"
         },
     )
@@ -139,14 +142,18 @@ class EvalOptions:
             return self.num_beams
         return PAPER_NUM_BEAMS if self.mode == "paper" else 1
 
-    @property
-    def batch(self) -> int:
-        """`batch_size`, else 64 prompts for greedy decoding (a 64-item run 1.2x faster than at 32 on a CPU,
-        benchmarks/README-eval.md) and 32 for beam search (32 x 4 beams = 128 sequences; a 7B model's KV cache at
+    def batch_for(self, device: torch.device) -> int:
+        """`batch_size`, else for greedy decoding 64 prompts, on a CPU 64 per torch thread up to 128 (a 64-item run
+        1.2x faster at 64 than at 32 at 1 thread; at 2 threads 128 items 1.09x faster at 128 than at 64:
+        benchmarks/README-eval.md), and 32 for beam search (32 x 4 beams = 128 sequences; a 7B model's KV cache at
         64 x 4 sequences would not fit 80 GB)."""
         if self.batch_size is not None:
             return self.batch_size
-        return GREEDY_BATCH_SIZE if self.beams == 1 else BEAM_BATCH_SIZE
+        if self.beams > 1:
+            return BEAM_BATCH_SIZE
+        if torch.device(device).type == "cpu":
+            return GREEDY_BATCH_SIZE * min(torch.get_num_threads(), CPU_THREADS_BATCHED)
+        return GREEDY_BATCH_SIZE
 
 
 # ----------------------------------------------------------------------------- settings key
@@ -311,6 +318,7 @@ def evaluate(model, tokenizer, options: EvalOptions, *, run_info: dict | None = 
     was_training = model.training
     model.eval()
     fingerprint = model_fingerprint(model)
+    batch = options.batch_for(next(model.parameters()).device)
     per_dataset, timing = {}, {"seconds": 0.0, "generated_items": 0, "generated_tokens": 0}
     try:
         for data in prepared:
@@ -319,6 +327,7 @@ def evaluate(model, tokenizer, options: EvalOptions, *, run_info: dict | None = 
                 tokenizer,
                 data,
                 options,
+                batch=batch,
                 fingerprint=fingerprint,
                 eos_ids=eos_ids,
                 pad_id=pad_id,
@@ -331,7 +340,9 @@ def evaluate(model, tokenizer, options: EvalOptions, *, run_info: dict | None = 
         raise KeyboardInterrupt(f"interrupted, {kept} items kept in {output_dir} (run again to continue)") from None
     finally:
         model.train(was_training)
-    summary = _summary(per_dataset, prepared, options, fingerprint=fingerprint, timing=timing, run_info=run_info)
+    summary = _summary(
+        per_dataset, prepared, options, batch=batch, fingerprint=fingerprint, timing=timing, run_info=run_info
+    )
     write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(output_dir / "results.md", markdown_table(summary))
     plot_accuracy(summary, output_dir / "accuracy.png")
@@ -345,7 +356,18 @@ def _kept_items(data: _Dataset, output_dir: Path, fingerprint: str, options: Eva
 
 
 def _evaluate_one(
-    model, tokenizer, data: _Dataset, options: EvalOptions, *, fingerprint, eos_ids, pad_id, output_dir, timing, tqdm
+    model,
+    tokenizer,
+    data: _Dataset,
+    options: EvalOptions,
+    *,
+    batch,
+    fingerprint,
+    eos_ids,
+    pad_id,
+    output_dir,
+    timing,
+    tqdm,
 ) -> dict:
     mode, num_beams = options.mode, options.beams
     key = settings_key(fingerprint, mode=mode, num_beams=num_beams, max_new_tokens=data.max_new_tokens)
@@ -382,7 +404,7 @@ def _evaluate_one(
                 [data.prompt_ids[i] for i in pending],
                 max_new_tokens=data.max_new_tokens,
                 num_beams=num_beams,
-                batch_size=options.batch,
+                batch_size=batch,
                 eos_ids=eos_ids,
                 pad_id=pad_id,
                 on_batch=on_batch,
@@ -402,7 +424,7 @@ def _evaluate_one(
     return result
 
 
-def _summary(per_dataset, prepared, options: EvalOptions, *, fingerprint, timing, run_info) -> dict:
+def _summary(per_dataset, prepared, options: EvalOptions, *, batch, fingerprint, timing, run_info) -> dict:
     mode, beams = options.mode, options.beams
     notes = list(PAPER_NOTES if mode == "paper" else ROBUST_CHANGES)
     budgets = {data.domain: data.max_new_tokens for data in prepared}
@@ -420,7 +442,7 @@ def _summary(per_dataset, prepared, options: EvalOptions, *, fingerprint, timing
         "mode": mode,
         "mode_notes": notes,
         "num_beams": beams,
-        "batch_size": options.batch,
+        "batch_size": batch,
         "limit": options.limit,
         "prompt_template": options.prompt_template,
         "model_fingerprint": fingerprint,
