@@ -26,8 +26,9 @@ the CPU kernels) split by module (attention core,
 q/k/v/o projections, MLP, norms, LM head, the adapter branch with --adapter lora|hyplora, rank 32 on the
 training defaults' targets, random weights, unmerged), with torch.profiler's top operators.
 
---compare branch|linear: HypLoRA's autograd branch against its fused C++ one (`hyplora.adapter.layer.fused_branch`), or
-the linear layers through MKL (`F.linear`) against packed oneDNN (`hyplora.harness.packed_linear`): a run with each
+--compare branch|linear|all: HypLoRA's autograd branch against its fused C++ one (`hyplora.adapter.layer.fused_branch`),
+the linear layers through MKL (`F.linear`) against packed oneDNN (`hyplora.harness.packed_linear`), or PyTorch's stock
+CPU path (those two and SDPA) against all of hyplora's (with the attention kernel): a run with each
 (tokens compared), then runs alternating the setting step by step (robust to the load drifting). `--branch autograd`
 and `--linear mkl` run every other mode with the old setting.
 
@@ -54,10 +55,9 @@ from transformers.utils import logging as hf_logging
 
 from hyplora import kernels
 from hyplora.adapter import layer as hyplora_layer
-from hyplora.harness import packed_linear
+from hyplora.harness import decode_attention, packed_linear
 from hyplora.harness.base_models import load_model
 from hyplora.harness.data import load_test_set
-from hyplora.harness.decode_attention import decoding_kernel
 from hyplora.harness.evaluation import EvalOptions, evaluate, read_items
 from hyplora.harness.extraction import extract_answer
 from hyplora.harness.generation import (
@@ -412,11 +412,10 @@ def attention_kernels(
     batch: int, contexts=(120, 200, 320, 450), kv_heads: int = 3, groups: int = 3, layers: int = 30
 ) -> None:
     """One decoding step's attention over `layers` layers' caches (SmolLM2's GQA shapes, keys and values as views of
-    a larger cache buffer, as the engine holds them; 30 layers' caches exceed the CPU's caches, so each layer's
-    keys and values come from memory, as in the model, where one layer's alone could stay in L3): SDPA, matmul + softmax, a `torch.compile`d fused form and hyplora's
-    C++ kernel (`hyplora.harness.decode_attention`), in GB/s of keys and values read, beside a plain streaming read
-    of the same bytes."""
-    from hyplora.harness import decode_attention
+    a larger cache buffer, as the engine holds them; 30 layers' caches exceed the CPU's caches, so each layer's keys
+    and values come from memory as in the model, where one layer's alone could stay in L3): SDPA, matmul + softmax,
+    a `torch.compile`d fused form and hyplora's C++ kernel (`hyplora.harness.decode_attention`), in GB/s of keys and
+    values read, beside a plain streaming read of the same bytes."""
 
     def fused(q, k, v, mask, scale: float):
         scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(-1) * scale + mask
@@ -529,7 +528,23 @@ def use_linear(kind: str) -> None:
     packed_linear._packed_forward = _switchable_forward
 
 
-COMPARISONS = {"branch": (("autograd", "fused"), use_branch), "linear": (("mkl", "onednn"), use_linear)}
+KERNEL_APPLIES = decode_attention._kernel_applies
+
+
+def use_all(kind: str) -> None:
+    """Every CPU inference change at once: ``hyplora`` (packed oneDNN linears, the attention kernel, the fused
+    branch) or ``stock`` (PyTorch's own: MKL, SDPA, the autograd branch)."""
+    on = kind == "hyplora"
+    use_branch("fused" if on else "autograd")
+    use_linear("onednn" if on else "mkl")
+    decode_attention._kernel_applies = KERNEL_APPLIES if on else (lambda *args: False)
+
+
+COMPARISONS = {
+    "branch": (("autograd", "fused"), use_branch),
+    "linear": (("mkl", "onednn"), use_linear),
+    "all": (("stock", "hyplora"), use_all),
+}
 
 
 def compare_alternating(
@@ -652,7 +667,8 @@ def main() -> None:
         choices=tuple(COMPARISONS),
         default=None,
         help="time two settings alternating step by step, `--repeats` times: HypLoRA's autograd and fused branches "
-        "(implies --adapter hyplora), or the linear layers through MKL and packed oneDNN",
+        "(implies --adapter hyplora), the linear layers through MKL and packed oneDNN, or all of PyTorch's stock CPU "
+        "path against all of hyplora's (those two and the attention kernel)",
     )
     args = parser.parse_args()
     budget = args.max_new_tokens
@@ -671,7 +687,7 @@ def main() -> None:
         profile_beam(model, tokenizer, load_test_set("svamp", args.profile_beam))
         return
     if args.profile_step:  # as the evaluator runs it: packed linears, the CPU kernels
-        with decoding_kernel(base_model(model)):
+        with decode_attention.decoding_kernel(base_model(model)):
             profile_step(model, tokenizer, load_test_set("svamp", args.profile_step), args.profile_step)
         return
     params = sum(p.numel() for p in model.parameters())
