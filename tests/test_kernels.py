@@ -160,6 +160,29 @@ def test_kernels_that_cannot_be_built_warn_once_and_leave_pytorch(monkeypatch):
         kernels.extension.cache_clear()
 
 
+def test_kernels_build_with_openmp_first_and_without_it_where_the_compiler_lacks_it(monkeypatch):
+    from torch.utils import cpp_extension
+
+    tried = []
+
+    def no_openmp(name, sources, extra_cflags, extra_ldflags, verbose):
+        tried.append(("-fopenmp" in extra_cflags, "-fopenmp" in extra_ldflags))
+        if "-fopenmp" in extra_cflags:
+            raise RuntimeError("unsupported option '-fopenmp'")
+        return "built on one thread"
+
+    monkeypatch.setattr(cpp_extension, "load", no_openmp)
+    monkeypatch.setattr(kernels.sys, "platform", "linux")
+    kernels.extension.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert kernels.extension() == "built on one thread"
+        assert tried == [(True, True), (False, False)]
+    finally:
+        kernels.extension.cache_clear()
+
+
 def test_the_switch_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv(kernels.SWITCH, "0")
     kernels.extension.cache_clear()

@@ -49,20 +49,22 @@ def extension():
         ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
     )
     # at::parallel_for runs on torch's threads only where the extension is compiled with OpenMP (as torch's Linux
-    # builds are); without it every kernel runs on one thread whatever torch.set_num_threads says
-    threads = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    try:
-        return cpp_extension.load(
-            build_name(),
-            [str(source) for source in SOURCES],
-            extra_cflags=flags + threads,
-            extra_ldflags=threads,
-            verbose=False,
-        )
-    except Exception as error:  # no compiler, no ninja, an unsupported platform: PyTorch does the work
-        warnings.warn(
-            "hyplora: the CPU kernels (hyplora/kernels/*.cpp) could not be built, PyTorch's own operations are used "
-            f"instead: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
-            stacklevel=2,
-        )
-        return None
+    # builds are); without it (a compiler lacking OpenMP: the second try) every kernel runs on one thread
+    tries = (["-fopenmp"], []) if sys.platform.startswith("linux") else ([],)
+    for threads in tries:
+        try:
+            return cpp_extension.load(
+                build_name(),
+                [str(source) for source in SOURCES],
+                extra_cflags=flags + threads,
+                extra_ldflags=threads,
+                verbose=False,
+            )
+        except Exception as failure:  # no compiler, no ninja, an unsupported platform: PyTorch does the work
+            error = failure
+    warnings.warn(
+        "hyplora: the CPU kernels (hyplora/kernels/*.cpp) could not be built, PyTorch's own operations are used "
+        f"instead: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+        stacklevel=2,
+    )
+    return None
