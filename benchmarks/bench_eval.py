@@ -223,7 +223,8 @@ def paper_response(tokenizer, record, tokens) -> str:
 
 
 def adapted(model, adapter: str):
-    """`model` with a rank-32 LoRA or HypLoRA adapter (random weights, unmerged) on the training defaults' targets."""
+    """`model` with a rank-32 LoRA or HypLoRA adapter (random weights drawn from seed 0, unmerged) on the training
+    defaults' targets."""
     if adapter == "none":
         return model
     from peft import LoraConfig, get_peft_model
@@ -233,6 +234,7 @@ def adapted(model, adapter: str):
 
     config_class = HypLoraConfig if adapter == "hyplora" else LoraConfig
     config = config_class(r=32, lora_alpha=64, target_modules=list(DEFAULT_TARGET_MODULES), init_lora_weights=False)
+    torch.manual_seed(0)  # the same random adapter in every run, so runs write the same tokens
     return get_peft_model(model, config).eval()
 
 
