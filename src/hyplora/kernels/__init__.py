@@ -5,7 +5,8 @@
 
 A build needs a C++ compiler and ninja (~30 s, cached after, one build per kind of CPU). Where it fails,
 :func:`extension` warns once and returns None, and every caller keeps its PyTorch path. ``HYPLORA_CPU_KERNELS=0``
-turns the kernels off.
+turns the kernels off, and with them the packed linear layers of :mod:`hyplora.harness.packed_linear`: the
+evaluator's generation is then PyTorch's stock path.
 """
 
 import functools
