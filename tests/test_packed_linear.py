@@ -105,10 +105,11 @@ def test_the_switch_and_the_memory_guard_leave_every_layer(monkeypatch):
         assert not patched(linear)
 
 
-def test_generated_tokens_are_mkls(monkeypatch):
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generated_tokens_are_mkls(monkeypatch, num_beams):
     model = tiny_model("llama", hidden_size=128, intermediate_size=256, head_dim=32).eval()
     prompts = [[5, 17, 250, 3001, 42, 7, 9], [7, 8], [900, 901, 902, 11]]
-    options = dict(max_new_tokens=24, num_beams=1, batch_size=3, eos_ids={2}, pad_id=0)
+    options = dict(max_new_tokens=24, num_beams=num_beams, batch_size=3, eos_ids={2}, pad_id=0)
     calls = []
     packed_call = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(
