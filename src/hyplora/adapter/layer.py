@@ -314,12 +314,7 @@ def fused_inference():
 
 
 def _fused_applies(*tensors: torch.Tensor) -> bool:
-    return (
-        _FUSED_INFERENCE.get()
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-    )
+    return _FUSED_INFERENCE.get() and kernels.cpu_float32_inference(*tensors)
 
 
 def fused_branch(

@@ -50,12 +50,7 @@ def _packed_forward(module: torch.nn.Linear):
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         nonlocal packed, version
-        if (
-            torch.is_grad_enabled()
-            or torch.is_autocast_enabled("cpu")
-            or x.dtype != torch.float32
-            or x.device.type != "cpu"
-        ):
+        if not kernels.cpu_float32_inference(x):
             return original(x)
         if packed is None or version != module.weight._version:
             rows = x.numel() // x.shape[-1]

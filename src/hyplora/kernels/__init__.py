@@ -17,6 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
+
 SOURCES = tuple(
     Path(__file__).with_name(name) for name in ("bindings.cpp", "decode_attention.cpp", "lorentz_branch.cpp")
 )
@@ -37,6 +39,16 @@ def build_name() -> str:
 def enabled() -> bool:
     """False where ``HYPLORA_CPU_KERNELS=0``: then the evaluator's generation uses PyTorch's own CPU operations."""
     return os.environ.get(SWITCH, "1") != "0"
+
+
+def cpu_float32_inference(*tensors) -> bool:
+    """Whether a call on ``tensors`` is what the CPU inference paths serve: no gradient needed, no CPU autocast, and
+    every tensor float32 on a CPU (the fused HypLoRA branch, the packed linear layers)."""
+    return (
+        not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    )
 
 
 @functools.cache
